@@ -124,7 +124,9 @@ def load(path: Path | str) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, [f"{path}: file not found (create it, see docs/config.md)"]) from None
+        raise ConfigError(
+            path, [f"{path}: file not found (create it, see docs/config.md)"]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"{path}: cannot read: {exc}"]) from None
     return parse(text, path)

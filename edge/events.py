@@ -205,7 +205,9 @@ class Event:
         return out
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_json_dict(), separators=(",", ":"), default=_json_default).encode()
+        return json.dumps(
+            self.to_json_dict(), separators=(",", ":"), default=_json_default
+        ).encode()
 
     def encode(self, fmt: str = "cbor") -> bytes:
         return self.to_cbor() if fmt == "cbor" else self.to_json()

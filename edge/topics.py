@@ -1,12 +1,12 @@
 """The MQTT topic tree (contract: docs/topics.md). One place builds every topic name.
 
-    <prefix>/<district>/<ward>/<gateway>/state        retained birth / last will (JSON)
-    <prefix>/<district>/<ward>/<gateway>/evt/<kind>   alarm, fault, person, smoke, reading
-    <prefix>/<district>/<ward>/<gateway>/tele         heartbeat telemetry
-    <prefix>/<district>/<ward>/<gateway>/snap/<cam>   JPEG snapshots
-    <prefix>/<district>/<ward>/<gateway>/cmd/<name>   commands in (operators)
-    <prefix>/<district>/<ward>/<gateway>/cmd/res      command replies out
-    <prefix>/<district>/<ward>/<gateway>/ack          alarm acknowledgements in (receivers)
+<prefix>/<district>/<ward>/<gateway>/state        retained birth / last will (JSON)
+<prefix>/<district>/<ward>/<gateway>/evt/<kind>   alarm, fault, person, smoke, reading
+<prefix>/<district>/<ward>/<gateway>/tele         heartbeat telemetry
+<prefix>/<district>/<ward>/<gateway>/snap/<cam>   JPEG snapshots
+<prefix>/<district>/<ward>/<gateway>/cmd/<name>   commands in (operators)
+<prefix>/<district>/<ward>/<gateway>/cmd/res      command replies out
+<prefix>/<district>/<ward>/<gateway>/ack          alarm acknowledgements in (receivers)
 """
 
 from __future__ import annotations
