@@ -1,4 +1,4 @@
-"""A private, real Mosquitto for tests: its own config, free ports, optional TLS, passwords and ACLs.
+"""A private, real Mosquitto for tests: own config, free ports, optional TLS, passwords, ACLs.
 
 Ports are chosen once, so a broker that is stopped and started again (outage tests) comes back on
 the same address. Nothing here touches the machine's own Mosquitto.
