@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import enum
+import io
 import json
 import threading
 import time
@@ -253,12 +254,7 @@ def decode(payload: bytes) -> Event:
         if not isinstance(obj, dict):
             raise DecodeError("JSON payload is not an object")
         return Event.from_json_dict(obj)
-    try:
-        obj = cbor2.loads(payload)
-    except Exception as exc:  # cbor2 raises several types on garbage
-        raise DecodeError(f"invalid CBOR: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise DecodeError("CBOR payload is not a map")
+    obj = _cbor_map(payload)
     unknown = set(obj) - set(_SHORT_TO_LONG)
     if unknown:
         raise DecodeError(f"unknown CBOR keys {sorted(map(str, unknown))}")
@@ -274,14 +270,30 @@ def decode(payload: bytes) -> Event:
     return Event.from_json_dict(long)
 
 
+def _cbor_map(payload: bytes) -> dict[Any, Any]:
+    """One CBOR map and nothing after it (cbor2.loads ignores trailing bytes)."""
+    stream = io.BytesIO(payload)
+    try:
+        obj = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise DecodeError(f"invalid CBOR: {exc}") from exc
+    if stream.tell() != len(payload):
+        raise DecodeError(f"invalid CBOR: {len(payload) - stream.tell()} bytes after the value")
+    if not isinstance(obj, dict):
+        raise DecodeError("CBOR payload is not a map")
+    return obj
+
+
 def decode_any(payload: bytes) -> dict[str, Any]:
-    """Best-effort JSON view of any wardgate payload (events, state, command replies)."""
+    """JSON view of any wardgate payload: events, and the JSON or CBOR objects of state,
+    command replies and acknowledgements. Raises DecodeError for anything else."""
     try:
         return decode(payload).to_json_dict()
-    except DecodeError:
-        pass
-    stripped = payload.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        return json.loads(payload)
-    obj = cbor2.loads(payload)
-    return json.loads(json.dumps(obj, default=_json_default))
+    except DecodeError as exc:
+        first_error = exc
+    if payload.lstrip()[:1] == b"{":
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise first_error from None
+    return json.loads(json.dumps(_cbor_map(payload), default=_json_default))

@@ -70,7 +70,7 @@ class Outbox:
             if max_page_count:  # lets tests (and tiny SD cards) bound the file
                 self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise OutboxError(
                 f"{self.path}: cannot open the outbox database ({exc}); check that the directory "
                 "is writable and the file is not corrupt (move it aside to start empty)"
