@@ -1,0 +1,305 @@
+"""`wardgate provision ...`: bulk enrollment from an inventory (docs/provisioning.md).
+
+Cheap to import: everything heavy is imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser(
+        "provision",
+        help="enroll gateways from an inventory: PKI, broker accounts and ACLs, SD-card bundles",
+        description="Bulk enrollment. Start with `provision init`, then `provision run`.",
+    )
+    psub = top.add_subparsers(dest="provision_command", metavar="ACTION", required=True)
+
+    p = psub.add_parser("init", help="create a fleet directory: settings and an encrypted CA")
+    p.add_argument("fleet", type=Path, help="fleet directory to create")
+    p.add_argument("--broker-host", required=True, help="name or address gateways connect to")
+    p.add_argument("--ca-name", default="wardgate fleet CA")
+    p.add_argument("--ca-days", type=int, default=3650)
+    p.add_argument("--import-ca-cert", type=Path, help="use an existing CA certificate (PEM)")
+    p.add_argument("--import-ca-key", type=Path, help="... and its private key (PEM)")
+    p.add_argument("--import-ca-key-passphrase-file", type=Path, help="if that key is encrypted")
+    _passphrase_arg(p)
+    p.set_defaults(func=cmd_init)
+
+    p = psub.add_parser("check-inventory", help="validate an inventory CSV; every problem at once")
+    p.add_argument("inventory", type=Path)
+    p.set_defaults(func=cmd_check_inventory)
+
+    p = psub.add_parser("template", help="print the inventory CSV template")
+    p.set_defaults(func=cmd_template)
+
+    p = psub.add_parser(
+        "run", help="enroll, update and revoke so that the fleet matches the inventory"
+    )
+    p.add_argument("fleet", type=Path)
+    p.add_argument("--inventory", "-i", type=Path, required=True)
+    p.add_argument("--dry-run", "-n", action="store_true", help="show what would change")
+    p.add_argument(
+        "--allow-mass-revoke",
+        action="store_true",
+        help="allow revoking more than 10%% of the fleet in one run",
+    )
+    p.add_argument(
+        "--reissue", action="append", default=[], metavar="ID", help="new key and certificate"
+    )
+    p.add_argument(
+        "--reason",
+        choices=("superseded", "key_compromise"),
+        default="superseded",
+        help="CRL reason for --reissue (default superseded)",
+    )
+    p.add_argument("--unit", type=Path, help="wardgate.service to ship (default: the packaged one)")
+    p.add_argument("--no-progress", action="store_true")
+    _passphrase_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = psub.add_parser("verify", help="check a bundle: chain, key, config, broker connection")
+    p.add_argument("bundle", type=Path, help="a bundle folder (FLEET/bundles/ID)")
+    p.add_argument("--ca", type=Path, help="fleet CA to trust (default: the bundle's fleet)")
+    p.add_argument("--crl", type=Path, help="CRL to check against (default: the fleet's)")
+    p.add_argument("--host", help="broker host to try instead of the config's")
+    p.add_argument("--port", type=int, help="broker port to try instead of the config's")
+    p.add_argument("--no-connect", action="store_true", help="do not try the broker")
+    p.add_argument("--require-broker", action="store_true", help="fail if it cannot be reached")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_verify)
+
+    p = psub.add_parser("status", help="table of enrolled and revoked gateways; --csv to save")
+    p.add_argument("fleet", type=Path)
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    p.add_argument("--log", type=int, default=0, metavar="N", help="show the last N audit entries")
+    p.set_defaults(func=cmd_status)
+
+    p = psub.add_parser("crl", help="re-sign the CRL (before it expires) and rebuild broker files")
+    p.add_argument("fleet", type=Path)
+    _passphrase_arg(p)
+    p.set_defaults(func=cmd_crl)
+
+    p = psub.add_parser("flash", help="write a gateway's bundle onto a mounted boot partition")
+    p.add_argument("fleet", type=Path)
+    p.add_argument("gateway", help="gateway id")
+    p.add_argument("--boot", type=Path, required=True, help="mount point of the boot partition")
+    p.add_argument("--wheelhouse", type=Path, help="folder with wardgate-*.whl and its deps")
+    p.add_argument("--flavour", choices=("auto", "cloud-init", "bookworm"), default="auto")
+    p.set_defaults(func=cmd_flash)
+
+
+def _passphrase_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--passphrase-file",
+        type=Path,
+        help="CA passphrase file (mode 0600); default: $WARDGATE_CA_PASSPHRASE or a prompt",
+    )
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from provisioning import pki
+    from provisioning.fleet import (
+        FLEET_TOML_TEMPLATE,
+        FleetDir,
+        FleetError,
+        read_passphrase,
+        write_file,
+    )
+    from provisioning.registry import Registry
+
+    fleet = FleetDir(args.fleet)
+    if fleet.settings_path.exists() or (fleet.ca_dir / "ca.p12").exists():
+        return _fail(f"{args.fleet}: already a fleet directory; nothing was changed")
+    try:
+        if args.import_ca_cert or args.import_ca_key:
+            if not (args.import_ca_cert and args.import_ca_key):
+                return _fail("give both --import-ca-cert and --import-ca-key")
+            key_pw = None
+            if args.import_ca_key_passphrase_file:
+                key_pw = read_passphrase(
+                    args.import_ca_key_passphrase_file, what="CA key passphrase"
+                )
+            ca = pki.import_ca(args.import_ca_cert, args.import_ca_key, key_pw)
+        else:
+            ca = pki.create_ca(args.ca_name, args.ca_days)
+        passphrase = read_passphrase(args.passphrase_file, confirm=True)
+        fleet.root.mkdir(parents=True, exist_ok=True)
+        fleet.root.chmod(0o700)
+        pki.save_ca(ca, fleet.ca_dir, passphrase)
+        host = args.broker_host.replace('"', "")
+        ca_name = ca.cert.subject.rfc4514_string().replace('"', "")
+        write_file(
+            fleet.settings_path, FLEET_TOML_TEMPLATE.format(host=host, ca_name=ca_name), 0o644
+        )
+        fleet.settings()  # the template must load
+        Registry(fleet.registry_path).close()
+    except FleetError as exc:
+        return _fail(str(exc))
+    print(f"{fleet.root}: fleet directory created")
+    print(f"  CA {ca.cert.subject.rfc4514_string()}, sha256 {pki.fingerprint(ca.cert)}")
+    print(
+        f"  edit {fleet.settings_path}, then: wardgate provision run {fleet.root} -i INVENTORY.csv"
+    )
+    return 0
+
+
+def cmd_check_inventory(args: argparse.Namespace) -> int:
+    from provisioning.inventory import InventoryError, load
+
+    try:
+        inv = load(args.inventory)
+    except InventoryError as exc:
+        return _fail(str(exc))
+    print(f"{args.inventory}: ok, {len(inv.rows)} gateways in {len(inv.districts)} district(s)")
+    return 0
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    from provisioning.boot import template
+
+    sys.stdout.write(template("inventory.csv"))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from provisioning.enroll import Enroller
+    from provisioning.fleet import FleetDir, FleetError, read_passphrase
+    from provisioning.inventory import InventoryError, load
+
+    try:
+        inventory = load(args.inventory)
+        enroller = Enroller(
+            FleetDir(args.fleet),
+            lambda: read_passphrase(args.passphrase_file),
+            unit_path=args.unit,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        report = enroller.run(
+            inventory,
+            dry_run=args.dry_run,
+            allow_mass_revoke=args.allow_mass_revoke,
+            reissue={gw: args.reason for gw in args.reissue},
+        )
+    except (FleetError, InventoryError) as exc:
+        return _fail(str(exc))
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from provisioning.verify import FAIL, verify
+
+    result = verify(
+        args.bundle,
+        fleet_ca=args.ca,
+        crl=args.crl,
+        connect=not args.no_connect,
+        require_broker=args.require_broker,
+        host=args.host,
+        port=args.port,
+        timeout=args.timeout,
+    )
+    for check in result.checks:
+        stream = sys.stderr if check.status == FAIL else sys.stdout
+        print(f"{check.status:>4}  {check.name}: {check.message}", file=stream)
+    print(f"{args.bundle}: {'ok' if result.ok else 'NOT OK'}")
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import csv
+
+    from provisioning.enroll import status_rows
+    from provisioning.fleet import FleetDir, FleetError
+
+    fleet = FleetDir(args.fleet)
+    try:
+        rows = status_rows(fleet)
+    except FleetError as exc:
+        return _fail(str(exc))
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            fields = list(rows[0]) if rows else ["id"]
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    _print_status(rows)
+    if args.log:
+        from provisioning.registry import Registry
+
+        reg = Registry(fleet.registry_path)
+        try:
+            for at, action, subject, detail in reversed(reg.audit_log(args.log)):
+                print(f"{at}  {action:<18} {subject:<20} {detail}")
+        finally:
+            reg.close()
+    if args.csv:
+        print(f"written: {args.csv}")
+    return 0
+
+
+def _print_status(rows: list[dict[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    enrolled = sum(r["status"] == "enrolled" for r in rows)
+    missing = sum(r["bundle"] == "MISSING" for r in rows)
+    table = Table(title=f"{enrolled} enrolled, {len(rows) - enrolled} revoked")
+    for column in ("id", "district", "ward", "site_type", "status", "cert_expires", "bundle"):
+        table.add_column(column)
+    for r in rows:
+        style = "red" if r["status"] == "revoked" or r["bundle"] == "MISSING" else None
+        table.add_row(
+            r["id"], r["district"], r["ward"], r["site_type"], r["status"],
+            r["cert_expires"][:10], r["bundle"], style=style,
+        )  # fmt: skip
+    Console(width=120 if not sys.stdout.isatty() else None).print(table)
+    if missing:
+        print(f"{missing} enrolled gateway(s) have no bundle folder", file=sys.stderr)
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    from provisioning.enroll import Enroller
+    from provisioning.fleet import FleetDir, FleetError, read_passphrase
+
+    try:
+        enroller = Enroller(FleetDir(args.fleet), lambda: read_passphrase(args.passphrase_file))
+        changed = enroller.sync_broker(refresh_crl=True)
+    except FleetError as exc:
+        return _fail(str(exc))
+    print(f"broker files changed: {', '.join(changed) or 'none'}")
+    if changed:
+        print("copy them to the broker and restart mosquitto")
+    return 0
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from provisioning.bundle import flash
+    from provisioning.fleet import FleetDir, FleetError
+    from provisioning.verify import verify
+
+    fleet = FleetDir(args.fleet)
+    directory = fleet.bundle(args.gateway)
+    checked = verify(directory, connect=False)
+    if not checked.ok:
+        for check in checked.checks:
+            print(f"{check.status:>4}  {check.name}: {check.message}", file=sys.stderr)
+        return _fail(f"{directory}: does not verify; not writing it to a card")
+    try:
+        flavour = flash(directory, args.boot, wheelhouse=args.wheelhouse, flavour=args.flavour)
+    except FleetError as exc:
+        return _fail(str(exc))
+    print(f"{args.boot}: gateway {args.gateway} written ({flavour} first boot)")
+    if not args.wheelhouse:
+        print("note: no --wheelhouse given; the card installs only if wardgate is already on it")
+    return 0
