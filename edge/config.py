@@ -72,8 +72,9 @@ class UplinkSection(Section):
 class OutboxSection(Section):
     path: Path = Path("/var/lib/wardgate/outbox.sqlite3")
     max_events: int = Field(200_000, ge=10)
-    fsync: Literal["full", "normal"] = Field(
-        "full", description="full: an event survives a power cut once accepted"
+    fsync: Literal["critical", "full", "normal"] = Field(
+        "critical",
+        description="critical: alarms and faults survive a power cut once accepted; full: all",
     )
 
 

@@ -31,7 +31,7 @@ def test_minimal_config_is_valid_with_defaults(tmp_path):
     path, res = check(tmp_path, GOOD)
     assert res.returncode == 0, res.stderr
     cfg = config.load(path)
-    assert cfg.uplink.port == 1883 and cfg.outbox.fsync == "full"
+    assert cfg.uplink.port == 1883 and cfg.outbox.fsync == "critical"
     assert cfg.topics.event("alarm") == "wg/v1/d01/w01/gw-1/evt/alarm"
 
 
