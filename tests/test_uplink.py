@@ -77,7 +77,10 @@ def test_mutual_tls_with_client_certificate(tmp_path, pki):
         tmp_path / "mtls",
         tls=pki.server_files(),
         require_certificate=True,
-        acl="pattern write wg/v1/+/+/%u/#\npattern read wg/v1/+/+/%u/#\nuser watcher\ntopic read #\n",
+        acl=(
+            "pattern write wg/v1/+/+/%u/#\npattern read wg/v1/+/+/%u/#\n"
+            "user watcher\ntopic read #\n"
+        ),
         extra_conf="allow_anonymous true\n",
     ).start()
     try:
