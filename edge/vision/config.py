@@ -1,9 +1,147 @@
-"""Config of the camera pipelines (the `[vision]` table and `[[vision.cameras]]`)."""
+"""Config of the camera pipelines: the `[vision]` table and its `[[vision.cameras]]`.
+
+Reference: docs/vision.md. Polygons (masks, zones) are lists of [x, y] points given as fractions of
+the frame's width and height (0..1), so they survive a change of stream resolution.
+"""
 
 from __future__ import annotations
 
-from edge.confbase import Section
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from edge.confbase import Section, TopicSegment
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Point = tuple[Fraction, Fraction]
+
+
+def _check_polygon(points: list[Point]) -> list[Point]:
+    if len(points) < 3:
+        raise ValueError("a polygon needs at least 3 [x, y] points (fractions of width, height)")
+    return points
+
+
+Polygon = Annotated[list[Point], AfterValidator(_check_polygon)]
+
+
+class MotionSettings(Section):
+    """The cheap gate in front of the detector."""
+
+    enabled: bool = Field(True, description="false: run the detector on every analysed frame")
+    width: int = Field(160, ge=32, le=640, description="width of the downscaled motion frame")
+    threshold: int = Field(25, ge=1, le=255, description="MOG2 variance threshold")
+    min_area: Fraction = Field(
+        0.002, description="changed fraction of the (unmasked) frame that counts as motion"
+    )
+    check_every_s: PositiveFloat = Field(
+        10.0, description="run the detector at least this often even without motion"
+    )
+    warmup_frames: int = Field(10, ge=0, description="frames to learn the background first")
+
+
+class PersonSettings(Section):
+    """Turning detections into person events (tracker)."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="minimum detector score; default: the model's own"
+    )
+    min_box_area: Fraction = Field(0.0008, description="ignore boxes smaller than this fraction")
+    confirm_frames: int = Field(3, ge=1, le=50, description="hits before a track is reported")
+    end_after_s: PositiveFloat = Field(4.0, description="unseen this long: the track ends")
+    update_every_s: PositiveFloat = Field(30.0, description="minimum gap between update events")
+    cooldown_s: float = Field(
+        2.0, ge=0, description="new-person events refill one per cooldown (token bucket)"
+    )
+    burst: int = Field(5, ge=1, description="new-person events allowed back to back")
+    iou_match: Fraction = Field(0.25, description="IoU that continues a track")
+
+
+class SmokeSettings(Section):
+    """The classical video smoke cue detector (docs/vision.md says how it works and its limits)."""
+
+    enabled: bool = False
+    fps: PositiveFloat = Field(3.0, description="analysed frames per second")
+    width: int = Field(160, ge=64, le=640)
+    confirm_s: PositiveFloat = Field(4.0, description="cues must persist this long")
+    min_area: Fraction = Field(0.01, description="fraction of the frame that must show cues")
+    cooldown_s: float = Field(120.0, ge=0, description="minimum gap between smoke events")
+    clear_after_s: PositiveFloat = Field(30.0, description="no cues this long: smoke cleared")
+
+
+class SnapshotSettings(Section):
+    enabled: bool = True
+    max_bytes: int = Field(40_000, ge=4_000, le=1_000_000)
+    max_width: int = Field(640, ge=64)
+    quality: int = Field(80, ge=20, le=100, description="first JPEG quality tried")
+    draw_boxes: bool = True
+
+
+class Zone(Section):
+    name: TopicSegment
+    polygon: Polygon
+
+
+class CameraConfig(Section):
+    name: TopicSegment = Field(description="topic segment: events come from cam/<name>")
+    url: str | None = Field(None, description="rtsp://... (or any FFmpeg URL)")
+    device: str | int | None = Field(None, description="/dev/videoN or N")
+    file: Path | None = Field(None, description="a video file (demo, testing)")
+    loop: bool = Field(False, description="file: start again at the end")
+    realtime: bool = Field(
+        True, description="file: play at its own speed; false: analyse every frame in order"
+    )
+    enabled: bool = True
+    fps: PositiveFloat = Field(5.0, description="analysed frames per second at most")
+    transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 5.0
+    stall_timeout_s: PositiveFloat = Field(
+        10.0, description="no frame this long: reconnect and raise a camera_offline fault"
+    )
+    reconnect_initial_s: PositiveFloat = 1.0
+    reconnect_max_s: PositiveFloat = 30.0
+    model: str | None = Field(None, description="detector profile; default: [vision].model")
+    masks: list[Polygon] = Field(default_factory=list, description="polygons to ignore")
+    zones: list[Zone] = Field(default_factory=list)
+    motion: MotionSettings = MotionSettings()
+    person: PersonSettings = PersonSettings()
+    smoke: SmokeSettings = SmokeSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraConfig:
+        given = [k for k in ("url", "device", "file") if getattr(self, k) not in (None, "")]
+        if len(given) != 1:
+            raise ValueError(
+                f"camera {self.name!r}: give exactly one of `url`, `device`, `file`"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        names = [z.name for z in self.zones]
+        if len(names) != len(set(names)):
+            raise ValueError(f"camera {self.name!r}: zone names must be unique")
+        return self
+
+    @property
+    def kind(self) -> Literal["rtsp", "device", "file"]:
+        if self.url:
+            return "rtsp"
+        return "device" if self.device is not None else "file"
 
 
 class VisionConfig(Section):
-    pass
+    model: str = Field("default", description="detector profile (edge/models) for all cameras")
+    threads: int = Field(1, ge=1, le=16, description="detector (XNNPACK) threads")
+    delegate: str | None = Field(None, description="e.g. an EdgeTPU delegate library")
+    cameras: list[CameraConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> VisionConfig:
+        names = [c.name for c in self.cameras]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        return self

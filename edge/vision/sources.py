@@ -1,0 +1,263 @@
+"""Frame sources: RTSP streams, USB cameras and video files through OpenCV, each in its own thread.
+
+The capture thread reads the stream at its own pace and keeps only the newest frame, so a slow
+detector never backs up a camera's buffer (the frames it misses are counted as `dropped`). A
+failing or silent stream is released and reopened with capped exponential backoff and jitter;
+the pipeline decides when a silence counts as a camera fault (see pipeline.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import backoff
+import cv2
+import numpy as np
+
+from edge.vision.config import CameraConfig
+
+# FFmpeg options reach OpenCV only through this process-wide variable, read when a capture opens.
+_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_open_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    image: np.ndarray  # BGR
+    seq: int  # 1, 2, ... per source; gaps are frames the pipeline did not take in time
+    t: float  # seconds: media time for files (monotonic across loops), monotonic clock otherwise
+    captured: float  # time.monotonic() at capture
+
+
+class FrameSource:
+    """One camera's capture thread and its newest-frame slot."""
+
+    def __init__(self, cam: CameraConfig, log: logging.Logger | None = None) -> None:
+        self.cam = cam
+        self.log = log or logging.getLogger(f"wardgate.cam.{cam.name}")
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._taken_seq = 0
+        self._seq = 0
+        self._stop = threading.Event()
+        self._reconnect = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.finished = False  # a file without `loop` has been read to its end
+        self.last_frame_at: float | None = None  # time.monotonic() of the newest frame
+        self.started_at = time.monotonic()
+        self.opens = 0
+        self.failures = 0
+        self.dropped = 0
+        self.last_error = ""
+        self._pace_every_frame = cam.kind == "file" and not cam.realtime
+
+    # --- consumer side -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, name=f"capture-{self.cam.name}", daemon=True
+        )
+        self._thread.start()
+
+    def read(self, after_seq: int, timeout: float) -> Frame | None:
+        """The newest frame newer than `after_seq`, waiting up to `timeout` s for one."""
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: self._latest is not None and self._latest.seq > after_seq,
+                timeout=timeout,
+            ):
+                return None
+            frame = self._latest
+            assert frame is not None
+            self.dropped += max(0, frame.seq - max(after_seq, self._taken_seq) - 1)
+            self._taken_seq = frame.seq
+            self._cond.notify_all()
+            return frame
+
+    def request_reconnect(self) -> None:
+        """Ask the capture thread to drop the connection and open it again (stall watchdog)."""
+        self._reconnect.set()
+
+    def frame_age(self, now: float | None = None) -> float:
+        """Seconds since the newest frame (or since start, if none came yet)."""
+        now = time.monotonic() if now is None else now
+        return now - (self.last_frame_at if self.last_frame_at is not None else self.started_at)
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            limit = timeout or self.cam.open_timeout_s + self.cam.read_timeout_s + 5
+            self._thread.join(limit)
+            if self._thread.is_alive():
+                self.log.warning("capture thread still blocked in OpenCV after %.0f s", limit)
+            else:
+                self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "opens": self.opens,
+            "failures": self.failures,
+            "dropped": self.dropped,
+            **({"error": self.last_error} if self.last_error and not self.connected else {}),
+        }
+
+    # --- capture thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        delays = self._delays()
+        while not self._stop.is_set():
+            cap = self._open()
+            if cap is not None:
+                try:
+                    got_frames = self._pump(cap)
+                finally:
+                    cap.release()
+                    self.connected = False
+                if self.finished or self._stop.is_set():
+                    return
+                if got_frames:
+                    delays = self._delays()  # it worked for a while: start backing off afresh
+            else:
+                self.failures += 1
+            delay = backoff.random_jitter(next(delays))
+            self.log.info("reconnecting in %.1f s (%s)", delay, self.last_error or "stream ended")
+            self._stop.wait(delay)
+
+    def _delays(self) -> Iterator[float]:
+        gen = backoff.expo(factor=self.cam.reconnect_initial_s, max_value=self.cam.reconnect_max_s)
+        next(gen)  # backoff's generators are primed with one next()
+        return gen  # type: ignore[return-value]
+
+    def _open(self) -> cv2.VideoCapture | None:
+        cam = self.cam
+        self._reconnect.clear()
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(cam.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(cam.read_timeout_s * 1000),
+        ]
+        if cam.kind == "rtsp":
+            with _open_lock:
+                previous = os.environ.get(_FFMPEG_ENV)
+                os.environ[_FFMPEG_ENV] = f"rtsp_transport;{cam.transport}"
+                try:
+                    cap = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, params)
+                finally:
+                    if previous is None:
+                        os.environ.pop(_FFMPEG_ENV, None)
+                    else:
+                        os.environ[_FFMPEG_ENV] = previous
+            where = _redact(cam.url or "")
+        elif cam.kind == "device":
+            device = cam.device
+            index = int(device) if isinstance(device, int) or str(device).isdigit() else None
+            cap = cv2.VideoCapture(index if index is not None else str(device), cv2.CAP_V4L2)
+            if cap.isOpened():
+                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            where = str(device)
+        else:
+            where = str(cam.file)
+            if cam.file is None or not cam.file.is_file():
+                self.last_error = f"{where}: no such file"
+                return None
+            cap = cv2.VideoCapture(str(cam.file), cv2.CAP_FFMPEG)
+        self.opens += 1
+        if not cap.isOpened():
+            cap.release()
+            self.last_error = f"cannot open {where}"
+            self.log.warning("%s", self.last_error)
+            return None
+        self.log.info("opened %s", where)
+        return cap
+
+    def _pump(self, cap: cv2.VideoCapture) -> bool:
+        """Read until the stream fails, stalls, ends or we are stopped; True if frames came."""
+        cam = self.cam
+        interval = 1.0 / cam.fps
+        is_file = cam.kind == "file"
+        file_fps = cap.get(cv2.CAP_PROP_FPS) if is_file else 0.0
+        file_fps = file_fps if 1.0 <= file_fps <= 240.0 else 25.0
+        index = 0  # frames grabbed from a file since it was opened
+        media_offset = self._latest.t + 1.0 / file_fps if (is_file and self._latest) else 0.0
+        play_origin: float | None = None  # realtime files: monotonic time of media time 0
+        next_due = -1.0  # media (file) or monotonic time of the next frame to keep
+        got = False
+        while not self._stop.is_set():
+            if self._reconnect.is_set():
+                self.last_error = "stalled"
+                return got
+            if not cap.grab():
+                if is_file:
+                    if got and cam.loop:
+                        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                        if cap.grab():
+                            media_offset += index / file_fps
+                            index = 0
+                        else:
+                            return got
+                    else:
+                        self.finished = got or self.finished
+                        self.last_error = "" if got else f"{cam.file}: no frames"
+                        return got
+                else:
+                    self.last_error = "read failed or timed out"
+                    return got
+            now = time.monotonic()
+            if is_file:
+                t = media_offset + index / file_fps
+                index += 1
+                if cam.realtime:
+                    if play_origin is None:
+                        play_origin = now - t
+                    if play_origin + t > now:
+                        self._stop.wait(play_origin + t - now)
+            else:
+                t = now
+            if t + 1e-6 < next_due:
+                continue  # above the camera's target fps: skip the costly colour conversion
+            ok, image = cap.retrieve()
+            if not ok or image is None:
+                continue
+            next_due = max(next_due + interval, t + interval / 2) if got else t + interval
+            got = True
+            self.connected = True
+            self.last_error = ""
+            self._publish(image, t)
+        return got
+
+    def _publish(self, image: np.ndarray, t: float) -> None:
+        with self._cond:
+            if self._pace_every_frame:  # offline analysis: wait until the pipeline took the last
+                self._cond.wait_for(
+                    lambda: self._stop.is_set() or self._taken_seq >= self._seq, timeout=None
+                )
+            self._seq += 1
+            self.last_frame_at = time.monotonic()
+            self._latest = Frame(image, self._seq, t, self.last_frame_at)
+            self._cond.notify_all()
+
+
+def _redact(url: str) -> str:
+    """rtsp://user:secret@host/... -> rtsp://user:***@host/... for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    cred, host = rest.split("@", 1)
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
