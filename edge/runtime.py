@@ -182,7 +182,8 @@ class Gateway:
                 if not ready:
                     notifier.notify("READY=1")
                     ready = True
-                notifier.notify("WATCHDOG=1")
+                if self.config.health.watchdog:
+                    notifier.notify("WATCHDOG=1")
                 notifier.notify(f"STATUS={self._status_line()}")
             else:
                 notifier.notify(f"STATUS=unhealthy: {why}")
