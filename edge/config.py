@@ -91,6 +91,16 @@ class TestSourceSection(Section):
     alarm_every_s: float = Field(0.0, ge=0, description="also raise a test alarm; 0 = never")
 
 
+class AlarmAckSection(Section):
+    """EN 54-21 style supervision of the path to the receiving centre."""
+
+    enabled: bool = True
+    timeout_s: PositiveFloat = Field(100.0, description="fault when an alarm is unacked this long")
+    output: Path | None = Field(
+        None, description="value file set to 1 while a transmission fault stands (LED/GPIO)"
+    )
+
+
 class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -101,6 +111,7 @@ class Config(Section):
     outbox: OutboxSection = OutboxSection()
     health: HealthSection = HealthSection()
     test_source: TestSourceSection = TestSourceSection()
+    alarm_ack: AlarmAckSection = AlarmAckSection()
     logging: LoggingSection = LoggingSection()
     vision: VisionConfig = VisionConfig()
     serial: SerialConfig = SerialConfig()

@@ -22,6 +22,7 @@ import backoff
 import cbor2
 
 from edge import config as config_mod
+from edge.alarm_ack import AckSupervisor
 from edge.config import Config
 from edge.events import Event, Kind, Severity
 from edge.pipeline import AckListener, CommandHandler, Pipeline
@@ -68,6 +69,9 @@ class Gateway:
         self._dropped = 0
         self._lock = threading.Lock()
         self._install_builtin_commands()
+        self.ack_supervisor: AckSupervisor | None = None
+        if config.alarm_ack.enabled:
+            self.ack_supervisor = AckSupervisor(self)
 
     # --- Context ---------------------------------------------------------------------------
     def emit(
@@ -90,6 +94,8 @@ class Gateway:
             self._dropped += 1
             log.warning("%s", exc)
             return event
+        if committed.kind is Kind.ALARM and self.ack_supervisor is not None:
+            self.ack_supervisor.track(committed)
         if committed.kind in (Kind.ALARM, Kind.FAULT):
             log.warning(
                 "%s %s from %s: %s (id %s)",
@@ -123,6 +129,8 @@ class Gateway:
         from sensor_drivers.pipeline import build_pipelines as serial_pipelines
 
         pipelines: list[Pipeline] = [Heartbeat(self)]
+        if self.ack_supervisor is not None:
+            pipelines.append(self.ack_supervisor)
         if self.config.test_source.enabled:
             pipelines.append(TestSource(self))
         pipelines += serial_pipelines(self)
@@ -334,7 +342,8 @@ class Gateway:
             self._stop_pipelines()
             self.config = new
             self._start_pipelines(self.build_pipelines())
-        out: dict[str, Any] = {"reloaded": str(self.config_path), "pipelines": len(self.pipelines)}
+        names = [p.name for p in self.pipelines]
+        out: dict[str, Any] = {"reloaded": str(self.config_path), "pipelines": names}
         if needs_restart:
             out["restart_required_for"] = needs_restart
         return out

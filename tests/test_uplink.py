@@ -311,7 +311,7 @@ def test_commands_answer_and_never_crash(tmp_path, broker, watcher):
         path = tmp_path / "config.toml"
         path.write_text(path.read_text() + "\n[test_source]\nenabled = true\ninterval_s = 0.2\n")
         res = _command(watcher, "reload", b"{}", b"7")
-        assert res["ok"] and res["result"]["pipelines"] == 2, res
+        assert res["ok"] and "test-source" in res["result"]["pipelines"], res
         watcher.wait_for(lambda: len(watcher.events("reading")) >= 2, what="test readings")
         path.write_text(path.read_text() + "\n[uplink]\nbogus = 1\n")
         res = _command(watcher, "reload", b"{}", b"8")
