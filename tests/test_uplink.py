@@ -382,3 +382,17 @@ def test_systemd_ready_and_watchdog(tmp_path, broker):
         if proc.proc.poll() is None:
             proc.kill()
         sock.close()
+
+
+def test_missing_tls_file_is_named_in_the_log(tmp_path, broker, caplog):
+    caplog.set_level(logging.INFO, logger="wardgate")
+    gw = make_gateway(tmp_path, broker, tls=(tmp_path / "no-such-ca.crt",))
+    gw.start()
+    try:
+        gw.emit(Kind.ALARM, "n01/smoke", {"cause": "smoke"})
+        time.sleep(1.5)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("uplink.tls: cannot load") for m in messages), messages
+        assert gw.outbox.depth()["critical"] == 1
+    finally:
+        gw.stop(flush_timeout=0)

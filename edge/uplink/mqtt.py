@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import backoff
@@ -61,6 +61,7 @@ class Uplink:
         self._cursor: dict[Lane, int] = {}
         self._threads: list[threading.Thread] = []
         self._connections = 0
+        self._connected_ok_once = False  # reset the backoff after a successful CONNACK
         self._last_error = ""
         self.stats = {"sent": 0, "acked": 0, "expired": 0, "rejected": 0, "volatile_dropped": 0}
 
@@ -151,7 +152,13 @@ class Uplink:
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self._password)
         if self.cfg.tls is not None:
-            client.tls_set_context(self._tls_context())
+            try:
+                client.tls_set_context(self._tls_context())
+            except (OSError, ssl.SSLError) as exc:
+                raise _SetupError(
+                    f"uplink.tls: cannot load the CA, certificate or key ({exc}); "
+                    "check the paths and their permissions"
+                ) from None
         client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -168,13 +175,16 @@ class Uplink:
             ctx.load_cert_chain(str(tls.cert), str(tls.key))
         return ctx
 
-    def _connection_loop(self) -> None:
+    def _backoff_delays(self) -> Iterator[float]:
         delays = backoff.expo(
             base=2, factor=self.cfg.backoff_initial_s, max_value=self.cfg.backoff_max_s
         )
         next(delays)  # backoff's generators are primed with one next()
+        return delays
+
+    def _connection_loop(self) -> None:
+        delays = self._backoff_delays()
         while not self._stop.is_set():
-            client = None
             try:
                 client = self._new_client()
                 self._client = client
@@ -189,6 +199,8 @@ class Uplink:
                     properties=props,
                 )
                 client.loop_forever()
+            except _SetupError as exc:
+                self._error(str(exc))
             except ssl.SSLCertVerificationError as exc:
                 self._error(
                     f"TLS: the broker's certificate is not trusted by uplink.tls.ca "
@@ -203,24 +215,14 @@ class Uplink:
                 self._error(f"unexpected uplink error: {exc!r}")
             finally:
                 self._connected.clear()
-                if client is not None:
-                    try:
-                        client.socket() and client.socket().close()  # type: ignore[union-attr]
-                    except OSError:
-                        pass
             if self._stop.is_set():
                 break
             if self._connected_ok_once:
-                delays = backoff.expo(
-                    base=2, factor=self.cfg.backoff_initial_s, max_value=self.cfg.backoff_max_s
-                )
-                next(delays)
+                delays = self._backoff_delays()
                 self._connected_ok_once = False
             delay = backoff.full_jitter(next(delays))
             log.info("reconnecting to %s:%s in %.1f s", self.cfg.host, self.cfg.port, delay)
             self._stop.wait(delay)
-
-    _connected_ok_once = False
 
     def _error(self, message: str) -> None:
         if message != self._last_error:
@@ -370,6 +372,10 @@ class Uplink:
                 self._settle(row.id, early, "refused")
         self.stats["sent"] += 1
         return True
+
+
+class _SetupError(Exception):
+    """Our own configuration stops the connection (not the network): say what to fix."""
 
 
 def _properties(packet_type: int = PacketTypes.PUBLISH, **values: Any) -> Properties:
