@@ -10,6 +10,7 @@ Both take a BGR frame resized to the model input (normalisation is inside the mo
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # Profile name -> (model file, default score threshold). Thresholds were chosen on held-out
 # frames of the pedestrian clip; docs/models.md gives the measurements behind them.
 PROFILES: dict[str, tuple[str, float]] = {
-    "default": ("nanodet_g416_person_int8.tflite", 0.45),
-    "fast": ("ssdlite_mnv2_person_int8.tflite", 0.5),
+    "default": ("nanodet_g416_person_int8.tflite", 0.5),
+    "fast": ("ssdlite_mnv2_person_int8.tflite", 0.4),
 }
 # Threshold for a model chosen by file name rather than by profile.
 FALLBACK_THRESHOLD = 0.5
@@ -104,6 +105,8 @@ def load_interpreter(path: str | Path, threads: int = 1, delegate: str | None = 
     delegates = None
     if delegate:
         try:
+            # Probe the library first: a failed load_delegate leaves a half-built object behind.
+            ctypes.CDLL(delegate)
             delegates = [tfl.load_delegate(delegate)]
         except (ValueError, OSError, RuntimeError) as exc:
             raise ModelError(
@@ -194,8 +197,9 @@ class PersonDetector:
         import cv2
 
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 HxWx3 BGR frame, got {frame_bgr.dtype} "
-                             f"{frame_bgr.shape}")
+            raise ValueError(
+                f"expected a uint8 HxWx3 BGR frame, got {frame_bgr.dtype} {frame_bgr.shape}"
+            )
         resized = cv2.resize(frame_bgr, self.input_size, interpolation=cv2.INTER_LINEAR)
         dtype = self._input["dtype"]
         if dtype == np.float32:

