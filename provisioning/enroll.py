@@ -150,7 +150,7 @@ class Enroller:
             report = Report(plan, dry_run=dry_run)
             self._guard_mass_revoke(plan, reg, allow_mass_revoke)
             if dry_run:
-                report.broker_changed = self._sync_broker(reg, None, dry_run=True)
+                report.broker_changed = self._preview_broker(reg, plan)
                 return report
             for_plan = bool(plan.new or plan.rekey or plan.revoke)
             if for_plan or self._broker_needs_ca(reg):
@@ -500,8 +500,60 @@ class Enroller:
         b = self.settings.broker
         return [b.host, *[n for n in b.alt_names if n != b.host]]
 
+    def _broker_texts(
+        self, gateways: list[GatewayEntry], accounts: list[AccountRecord]
+    ) -> list[tuple[str, bytes | str, int]]:
+        passwd = render_file(
+            [(g.id, g.password_hash) for g in gateways if g.password_hash]
+            + [(a.name, a.password_hash) for a in accounts]
+        )
+        acl = render_acl(
+            self.settings.broker.topic_prefix,
+            gateways,
+            [Account(a.name, a.role, a.districts) for a in accounts],
+        )
+        return [
+            ("ca.crt", self._ca_pem, 0o644),
+            ("passwd", passwd, 0o600),
+            ("acl", acl, 0o644),
+            ("wardgate.conf", render_mosquitto_conf(self.settings), 0o644),
+        ]
+
+    def _preview_broker(self, reg: Registry, plan: Plan) -> list[str]:
+        """Which broker files a real run of `plan` would change (new hashes are unknowable)."""
+        d = self.fleet.broker_dir
+        moved = {row.id: row for row, _ in plan.update}
+        gone = {rec.id for rec in plan.revoke}
+        gateways = [
+            GatewayEntry(
+                r.id,
+                moved[r.id].district if r.id in moved else r.district,
+                moved[r.id].ward if r.id in moved else r.ward,
+                r.password_hash,
+            )
+            for r in reg.gateways("enrolled")
+            if r.id not in gone
+        ]
+        gateways += [GatewayEntry(row.id, row.district, row.ward, None) for row in plan.new]
+        changed = []
+        for name, data, _mode in self._broker_texts(gateways, reg.accounts()):
+            path = d / name
+            data = data.encode() if isinstance(data, str) else data
+            if not path.exists() or path.read_bytes() != data:
+                changed.append(name)
+        new_passwords = plan.new or plan.rekey or plan.revoke or plan.accounts_new
+        if (new_passwords or plan.accounts_removed) and "passwd" not in changed:
+            changed.append("passwd")
+        if (plan.new or plan.accounts_new or plan.accounts_removed) and "acl" not in changed:
+            changed.append("acl")
+        if _server_cert_stale(d, self._server_names(), self.ca.cert):
+            changed += ["server.crt", "server.key"]
+        if plan.rekey or plan.revoke or _crl_stale(d, reg, self.ca, self.settings):
+            changed.append("crl.pem")
+        return changed
+
     def _sync_broker(
-        self, reg: Registry, ca: pki.CA | None, *, dry_run: bool = False, refresh_crl: bool = False
+        self, reg: Registry, ca: pki.CA | None, *, refresh_crl: bool = False
     ) -> list[str]:
         d = self.fleet.broker_dir
         settings = self.settings
@@ -509,34 +561,8 @@ class Enroller:
             GatewayEntry(r.id, r.district, r.ward, r.password_hash)
             for r in reg.gateways("enrolled")
         ]
-        accounts = reg.accounts()
-        passwd = render_file(
-            [(g.id, g.password_hash) for g in gateways if g.password_hash]
-            + [(a.name, a.password_hash) for a in accounts]
-        )
-        acl = render_acl(
-            settings.broker.topic_prefix,
-            gateways,
-            [Account(a.name, a.role, a.districts) for a in accounts],
-        )
-        files: list[tuple[str, bytes | str, int]] = [
-            ("ca.crt", self._ca_pem, 0o644),
-            ("passwd", passwd, 0o600),
-            ("acl", acl, 0o644),
-            ("wardgate.conf", render_mosquitto_conf(settings), 0o644),
-        ]
+        files = self._broker_texts(gateways, reg.accounts())
         changed: list[str] = []
-        if dry_run:
-            for name, data, _mode in files:
-                path = d / name
-                data = data.encode() if isinstance(data, str) else data
-                if not path.exists() or path.read_bytes() != data:
-                    changed.append(name)
-            if _server_cert_stale(d, self._server_names(), self.ca.cert):
-                changed += ["server.crt", "server.key"]
-            if _crl_stale(d, reg, self.ca, settings):
-                changed.append("crl.pem")
-            return changed
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)
         if ca is not None and _server_cert_stale(d, self._server_names(), ca.cert):

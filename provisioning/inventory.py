@@ -126,22 +126,21 @@ def parse(text: str, path: Path | str = "<inventory>") -> Inventory:
                 if header is None:
                     break
                 continue
-            row = _read_row(cells, header, positions, path, line, problems)
-            if row is None:
-                continue
-            for value, seen, what in (
-                (row.id, seen_ids, "id"),
-                (row.hw_serial.lower(), seen_serials, "hw_serial"),
-            ):
+            for what, seen in (("id", seen_ids), ("hw_serial", seen_serials)):
+                col = positions[what]
+                value = cells[col].strip().lower() if col < len(cells) else ""
+                if not value:
+                    continue
                 if value in seen:
-                    col = positions[what] + 1
                     problems.append(
-                        f"{path}:{line}:{col}: {what}: {value!r} is already used on line "
+                        f"{path}:{line}:{col + 1}: {what}: {value!r} is already used on line "
                         f"{seen[value]}; each gateway needs its own"
                     )
                 else:
                     seen[value] = line
-            rows.append(row)
+            row = _read_row(cells, header, positions, path, line, problems)
+            if row is not None:
+                rows.append(row)
     except csv.Error as exc:
         problems.append(f"{path}:{reader.line_num}: not valid CSV: {exc}")
     if header is None and not problems:

@@ -1,0 +1,192 @@
+"""Provisioned artifacts in a private real Mosquitto: the generated conf, password file, ACL,
+server certificate and CRL, with gateways using their bundles' keys and certificates."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from provisioning.verify import verify
+from tests.test_provision_support import (
+    Peer,
+    bundle_file,
+    copy_fleet,
+    fleet_broker,
+    make_fleet,
+    run,
+)
+
+A = "wg/v1/d01/w1/gw-a"
+B = "wg/v1/d01/w2/gw-b"
+C = "wg/v1/d02/w1/gw-c"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"))
+    run(fleet)
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def broker(fleet, tmp_path_factory):
+    with fleet_broker(fleet, tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture
+def peers():
+    made: list[Peer] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+def connect(peers, fleet, port, **kw) -> Peer:
+    peer = Peer(fleet, port, **kw)
+    assert peer.connect(), f"refused: {peer.connect_reason}"
+    peers.append(peer)
+    return peer
+
+
+def refused(peer: Peer) -> bool:
+    """With TLS 1.3 a refused client certificate may surface after the handshake, as a closed
+    connection without CONNACK, rather than as an exception from connect()."""
+    try:
+        return not peer.connect()
+    except (ssl.SSLError, OSError):
+        return True
+
+
+def account_password(fleet, name: str) -> str:
+    return (fleet.accounts_dir / f"{name}.password").read_text().strip()
+
+
+def test_gateway_events_reach_only_the_receiver_of_its_district(fleet, broker, peers):
+    rx1 = connect(peers, fleet, broker.password_port, username="rx-d01",
+                  password=account_password(fleet, "rx-d01"))  # fmt: skip
+    rx2 = connect(peers, fleet, broker.password_port, username="rx-d02",
+                  password=account_password(fleet, "rx-d02"))  # fmt: skip
+    for rx, district in ((rx1, "d01"), (rx2, "d02")):
+        for leaf in ("evt/alarm", "evt/fault", "state"):
+            rx.subscribe(f"wg/v1/{district}/+/+/{leaf}")
+        rx.subscribe("wg/v1/+/+/+/evt/#")  # wider than the ACL allows: must not leak
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_c = connect(peers, fleet, broker.cert_port, gateway="gw-c")
+
+    assert gw_a.publish(f"{A}/evt/alarm", b"fire-a").is_failure is False
+    assert gw_a.publish(f"{A}/evt/reading", b"reading-a").is_failure is False
+    assert gw_c.publish(f"{C}/evt/alarm", b"fire-c").is_failure is False
+
+    got1 = {(t, p) for t, p in rx1.received()}
+    got2 = {(t, p) for t, p in rx2.received(0.3)}
+    assert got1 == {(f"{A}/evt/alarm", b"fire-a")}
+    assert got2 == {(f"{C}/evt/alarm", b"fire-c")}
+
+
+def test_gateway_cannot_publish_into_another_subtree(fleet, broker, peers):
+    ops = connect(peers, fleet, broker.password_port, username="ops",
+                  password=account_password(fleet, "ops"))  # fmt: skip
+    ops.subscribe("wg/v1/#")
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    # (mosquitto 2.0.11 answers each refused publish at once, then holds the next PUBACK ~1 s)
+    for topic in (f"{B}/evt/alarm", f"{C}/state", "wg/v1/d01/w1/gw-a2/evt/alarm"):
+        code = gw_a.publish(topic, b"forged")
+        assert code.is_failure, f"{topic}: broker accepted a forged publish ({code})"
+    assert gw_a.publish(f"{A}/state", b"mine").is_failure is False
+    assert ops.received() == [(f"{A}/state", b"mine")]
+
+
+def test_gateway_reads_its_commands_and_not_anothers(fleet, broker, peers):
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_b = connect(peers, fleet, broker.cert_port, gateway="gw-b")
+    gw_a.subscribe(f"{A}/cmd/#")
+    gw_a.subscribe(f"{B}/cmd/#")  # B's commands: refused or never delivered
+    gw_a.subscribe("wg/v1/#")
+    gw_b.subscribe(f"{B}/cmd/#")
+    ops = connect(peers, fleet, broker.password_port, username="ops",
+                  password=account_password(fleet, "ops"))  # fmt: skip
+    assert ops.publish(f"{B}/cmd/reboot", b"for-b").is_failure is False
+    assert ops.publish(f"{A}/cmd/ping", b"for-a").is_failure is False
+    assert gw_b.received() == [(f"{B}/cmd/reboot", b"for-b")]
+    assert set(gw_a.received(0.3)) == {(f"{A}/cmd/ping", b"for-a")}
+
+
+def test_receiver_acks_in_its_district_only_and_cannot_command(fleet, broker, peers):
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_a.subscribe(f"{A}/ack")
+    rx2 = connect(peers, fleet, broker.password_port, username="rx-d02",
+                  password=account_password(fleet, "rx-d02"))  # fmt: skip
+    rx1 = connect(peers, fleet, broker.password_port, username="rx-d01",
+                  password=account_password(fleet, "rx-d01"))  # fmt: skip
+    assert rx2.publish(f"{A}/ack", b"wrong-district").is_failure
+    assert rx1.publish(f"{A}/cmd/reboot", b"not-an-operator").is_failure
+    assert rx1.publish(f"{A}/ack", b"ack-1").is_failure is False
+    assert gw_a.received() == [(f"{A}/ack", b"ack-1")]
+
+
+def test_passwords_hashed_by_us_are_accepted_and_wrong_ones_refused(fleet, broker, peers):
+    gw_pw = bundle_file(fleet, "gw-b", "mqtt.password").read_text().strip()
+    gw_b = connect(peers, fleet, broker.password_port, username="gw-b", password=gw_pw)
+    assert gw_b.publish(f"{B}/tele", b"via-password").is_failure is False
+
+    wrong = Peer(fleet, broker.password_port, username="gw-b", password=gw_pw + "x")
+    peers.append(wrong)
+    assert refused(wrong)
+    anonymous = Peer(fleet, broker.password_port)
+    peers.append(anonymous)
+    assert refused(anonymous)
+
+
+def test_certificate_listener_demands_a_fleet_certificate(fleet, broker, pki, peers):
+    without = Peer(fleet, broker.cert_port, username="gw-a", password="irrelevant")
+    peers.append(without)
+    assert refused(without)
+    # A certificate with the right CN from another CA: refused in the handshake.
+    cert, key = pki.issue("gw-a")
+    foreign = Peer(fleet, broker.cert_port, cert=cert, key=key)
+    peers.append(foreign)
+    assert refused(foreign)
+
+
+def test_verify_connects_to_the_live_broker(fleet, broker):
+    result = verify(fleet.bundle("gw-a"), host="127.0.0.1", port=broker.cert_port)
+    assert result.ok, result.checks
+    assert any(c.name == "broker" and c.status == "ok" for c in result.checks)
+
+
+def test_revoked_and_rekeyed_gateways_are_refused(fleet, tmp_path, peers):
+    changed = copy_fleet(fleet, tmp_path / "fleet")
+    old_b = (
+        bundle_file(changed, "gw-b", "tls/gateway.crt"),
+        bundle_file(changed, "gw-b", "tls/gateway.key"),
+    )
+    kept = tmp_path / "old-b"
+    kept.mkdir()
+    old_cert, old_key = kept / "b.crt", kept / "b.key"
+    old_cert.write_bytes(old_b[0].read_bytes())
+    old_key.write_bytes(old_b[1].read_bytes())
+    old_c = (tmp_path / "c.crt", tmp_path / "c.key")
+    old_c[0].write_bytes(bundle_file(changed, "gw-c", "tls/gateway.crt").read_bytes())
+    old_c[1].write_bytes(bundle_file(changed, "gw-c", "tls/gateway.key").read_bytes())
+    old_c_password = bundle_file(changed, "gw-c", "mqtt.password").read_text().strip()
+
+    inventory = (changed.root / "inventory.csv").read_text()
+    inventory = inventory.replace("10000000000000b2", "10000000000000b9")  # board replaced
+    inventory = "\n".join(line for line in inventory.splitlines() if not line.startswith("gw-c"))
+    report = run(changed, inventory + "\n")
+    assert [r.id for r in report.plan.revoke] == ["gw-c"]
+    assert [row.id for row, _, _ in report.plan.rekey] == ["gw-b"]
+    assert "crl.pem" in report.broker_changed
+
+    with fleet_broker(changed, tmp_path / "broker") as broker:
+        for cert, key in ((old_c[0], old_c[1]), (old_cert, old_key)):
+            peer = Peer(changed, broker.cert_port, cert=cert, key=key)
+            peers.append(peer)
+            assert refused(peer), f"{cert.name} was accepted after revocation"
+        gone = Peer(changed, broker.password_port, username="gw-c", password=old_c_password)
+        peers.append(gone)
+        assert refused(gone)
+        connect(peers, changed, broker.cert_port, gateway="gw-b")  # the new identity works
+        connect(peers, changed, broker.cert_port, gateway="gw-a")  # others are untouched
