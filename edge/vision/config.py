@@ -64,10 +64,12 @@ class SmokeSettings(Section):
     """The classical video smoke cue detector (docs/vision.md says how it works and its limits)."""
 
     enabled: bool = False
-    fps: PositiveFloat = Field(3.0, description="analysed frames per second")
+    fps: float = Field(
+        2.0, ge=1.5, le=3.0, description="analysed frames per second (cues tuned at 1.5-3)"
+    )
     width: int = Field(160, ge=64, le=640)
     confirm_s: PositiveFloat = Field(4.0, description="cues must persist this long")
-    min_area: Fraction = Field(0.01, description="fraction of the frame that must show cues")
+    min_area: Fraction = Field(0.03, description="fraction of the frame that must show cues")
     cooldown_s: float = Field(120.0, ge=0, description="minimum gap between smoke events")
     clear_after_s: PositiveFloat = Field(30.0, description="no cues this long: smoke cleared")
 

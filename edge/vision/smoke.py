@@ -18,6 +18,7 @@ certified fire detector.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -44,13 +45,17 @@ class SmokeDetector:
     SOFTENING = 0.9  # contrast (std) against the background's, below which a block is veiled
     MIN_CONTRAST = 3.0  # background blocks with a lower std (grey levels) are flat
     MIN_CORRELATION = 0.5  # of a veiled block with the background behind it
-    MIN_RISE = 0.08  # upward flow, pixels of the small frame per second, over a block
-    MAX_SPEED = 12.0  # faster than this (px/s on the small frame) is not slow drift
+    MIN_RISE = 0.002  # upward drift of a block, frame widths per second (smoothed)
+    MAX_SPEED = 0.025  # faster (frame widths per second) is not slow drift: a walker, a car
     MIN_CUE_PIXELS = 0.3  # fraction of a block's pixels that must pass the pixel cues
     DRIFT_S = 2.0  # time constant of the per-block flow average
     MIN_CHURN = 0.5  # mean grey-level change of a block between analysed frames, and
     CHURN_OVER_NOISE = 2.0  # at least this many times the frame's median (sensor noise)
     WARMUP_S = 3.0  # learn the background before looking for smoke
+    WARMUP_RATE = 0.3  # background learning rates per analysed frame
+    STILL_RATE = 0.08
+    MOVING_RATE = 0.02
+    STILL = 2.0  # grey levels between analysed frames: below, a pixel holds still
 
     def __init__(self, settings: SmokeSettings, regions: Regions | None = None) -> None:
         self.settings = settings
@@ -63,13 +68,17 @@ class SmokeDetector:
         self._started_t = 0.0
         self._evidence: np.ndarray | None = None  # per block, 0..1
         self._vy: np.ndarray | None = None  # per block, smoothed vertical flow (px/s)
-        self._speed: np.ndarray | None = None
         self._frames = 0
         self.last_positive_blocks = 0
         self.last_cues: dict[str, int] = {}  # blocks passing each cue in turn (diagnostics)
 
-    def update(self, frame_bgr: np.ndarray, t: float) -> SmokeCue | None:
-        """Feed one frame at time `t` (s); returns the current smoke cue, if confirmed."""
+    def update(
+        self, frame_bgr: np.ndarray, t: float, exclude: Iterable[Box] = ()
+    ) -> SmokeCue | None:
+        """Feed one frame at time `t` (s); returns the current smoke cue, if confirmed.
+
+        `exclude`: boxes (frame pixels) known to hold something else, e.g. tracked people.
+        """
         h, w = frame_bgr.shape[:2]
         sw = min(self.settings.width, w) // BLOCK * BLOCK
         sh = max(BLOCK, round(h * sw / w) // BLOCK * BLOCK)
@@ -84,20 +93,24 @@ class SmokeDetector:
         self._frames += 1
 
         if t - self._started_t < self.WARMUP_S:
-            self._learn(grey, hsv, None, rate=0.3)
+            self._learn(grey, hsv, None)
             self._prev, self._prev_t = grey, t
             return None
         # smoke is one region that flickers inside: a block next to a positive one counts
         positive = cv2.dilate(
             self._positive_blocks(grey, hsv, dt, sw, sh).astype(np.uint8), _CROSS
         ).astype(bool)
+        for x1, y1, x2, y2 in exclude:
+            c1, r1 = int(x1 * sw / w) // BLOCK, int(y1 * sh / h) // BLOCK
+            c2, r2 = int(np.ceil(x2 * sw / w / BLOCK)), int(np.ceil(y2 * sh / h / BLOCK))
+            positive[max(0, r1) : max(0, r2), max(0, c1) : max(0, c2)] = False
         self.last_positive_blocks = int(positive.sum())
         gain = dt / self.settings.confirm_s
         assert self._evidence is not None
         self._evidence = np.where(
             positive,
             np.minimum(1.0, self._evidence + gain),
-            np.maximum(0.0, self._evidence - gain / 2),
+            np.maximum(0.0, self._evidence - gain),
         )
         self._learn(grey, hsv, positive)
         self._prev, self._prev_t = grey, t
@@ -113,7 +126,6 @@ class SmokeDetector:
         bh, bw = grey.shape[0] // BLOCK, grey.shape[1] // BLOCK
         self._evidence = np.zeros((bh, bw), np.float32)
         self._vy = np.zeros((bh, bw), np.float32)
-        self._speed = np.zeros((bh, bw), np.float32)
         allowed = self.regions.allowed_mask(grey.shape[1], grey.shape[0])
         self._allowed_blocks = (
             np.ones((bh, bw), bool) if allowed is None else _block_mean(allowed / 255.0) > 0.5
@@ -146,18 +158,23 @@ class SmokeDetector:
         flow = cv2.calcOpticalFlowFarneback(
             _layer(self._prev, self._bg), _layer(grey, self._bg), None, 0.5, 2, 9, 2, 5, 1.1, 0
         )
-        candidate = grey_change & translucent & churning & self._allowed_blocks
+        px_per_s = 1.0 / (dt * grey.shape[1])  # flow in frame widths per second
+        vy = _block_mean(flow[..., 1]) * px_per_s
+        slow = _block_mean(np.hypot(flow[..., 0], flow[..., 1])) * px_per_s <= self.MAX_SPEED
+        candidate = grey_change & translucent & churning & slow & self._allowed_blocks
         keep = float(np.exp(-dt / self.DRIFT_S))
-        assert self._vy is not None and self._speed is not None
-        vy = _block_mean(flow[..., 1]) / dt
-        speed = _block_mean(np.hypot(flow[..., 0], flow[..., 1])) / dt
-        self._vy = keep * self._vy + np.where(candidate, (1 - keep) * vy, 0.0)
-        self._speed = keep * self._speed + np.where(candidate, (1 - keep) * speed, 0.0)
-        rising = (self._vy <= -self.MIN_RISE) & (self._speed <= self.MAX_SPEED)
+        assert self._vy is not None
+        self._vy = np.where(
+            candidate,
+            keep * self._vy + (1 - keep) * vy,
+            np.where(grey_change, self._vy, keep * self._vy),  # held while the region stays
+        )
+        rising = self._vy <= -self.MIN_RISE
         self.last_cues = {
             "grey_change": int(grey_change.sum()),
             "translucent": int((grey_change & translucent).sum()),
-            "churning": int(candidate.sum()),
+            "churning": int((grey_change & translucent & churning).sum()),
+            "slow": int(candidate.sum()),
             "rising": int((candidate & rising).sum()),
         }
         return candidate & rising
@@ -179,17 +196,22 @@ class SmokeDetector:
         veiled = (ncc >= self.MIN_CORRELATION) & (vf < (self.SOFTENING**2) * vb)
         return flat | veiled
 
-    def _learn(
-        self, grey: np.ndarray, hsv: np.ndarray, positive: np.ndarray | None, rate: float = 0.03
-    ) -> None:
-        """Blend the frame into the background, hardly at all where smoke is suspected."""
-        assert self._bg is not None and self._bg_hsv is not None
-        rates: float | np.ndarray = rate
-        if positive is not None:
-            rates = np.where(np.kron(positive, np.ones((BLOCK, BLOCK), bool)), rate / 15, rate)
-            rates = rates.astype(np.float32)
+    def _learn(self, grey: np.ndarray, hsv: np.ndarray, positive: np.ndarray | None) -> None:
+        """Blend the frame into the background.
+
+        A pixel that holds still between analysed frames is learned fast (`STILL_RATE`): the
+        ghost of something that left, or a light switched on, is gone in a few seconds. A pixel
+        that keeps changing is learned slowly, and hardly at all inside suspected smoke.
+        """
+        assert self._bg is not None and self._bg_hsv is not None and self._prev is not None
+        if positive is None:
+            rates = np.full(grey.shape, self.WARMUP_RATE, np.float32)
+        else:
+            still = np.abs(grey - self._prev) < self.STILL
+            rates = np.where(still, self.STILL_RATE, self.MOVING_RATE).astype(np.float32)
+            rates[np.kron(positive, np.ones((BLOCK, BLOCK), bool))] = self.MOVING_RATE / 10
         self._bg += rates * (grey - self._bg)
-        self._bg_hsv += np.asarray(rates)[..., None] * (hsv.astype(np.float32) - self._bg_hsv)
+        self._bg_hsv += rates[..., None] * (hsv.astype(np.float32) - self._bg_hsv)
 
     def _cue(self, w: int, h: int, sw: int, sh: int) -> SmokeCue | None:
         assert self._evidence is not None

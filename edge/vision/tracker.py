@@ -5,8 +5,8 @@ raises an event), `update` at most every `update_every_s`, `entered`/`left` when
 crosses a zone border, `end` (duration, best score) once it was unseen for `end_after_s`. A track
 that flickers out for a few frames keeps its identity, so a person standing half-hidden is one
 event, not a storm of them. New-person events are rate-limited per camera by a token bucket
-(`burst` back to back, then one per `cooldown_s`); tracks over the limit are followed quietly and
-counted as `suppressed`.
+(`burst` back to back, then one per `cooldown_s`): a start over the limit waits for a token, and
+a track that ends before it got one is only counted (`suppressed`).
 """
 
 from __future__ import annotations
@@ -199,16 +199,14 @@ class Tracker:
             if track.hits < s.confirm_frames:
                 return []
             track.confirmed = True
+        if not track.reported:  # confirmed, waiting for a token of the start rate limit
+            if not self.bucket.take(t):
+                return []
+            track.reported = True
             track.zones = self.zones_of(track.box)
             track.last_event_t = t
-            if self.bucket.take(t):
-                track.reported = True
-                self.started += 1
-                return [TrackEvent("start", track)]
-            self.suppressed += 1
-            return []
-        if not track.reported:
-            return []
+            self.started += 1
+            return [TrackEvent("start", track)]
         events: list[TrackEvent] = []
         zones = self.zones_of(track.box)
         if zones != track.zones:
@@ -232,6 +230,8 @@ class Tracker:
                     keep.append(track)
                 elif track.reported:
                     events.append(TrackEvent("end", track))
+                else:
+                    self.suppressed += 1  # gone before the rate limit let its start out
             # an unconfirmed track must keep showing up: two misses in a row and it is dropped
             elif track.misses < 2 and gone < s.end_after_s:
                 keep.append(track)

@@ -7,18 +7,23 @@
 writes, next to this script:
 - smoke_synthetic.mp4: SYNTHETIC smoke. A real empty scene (the per-pixel median of vtest.avi,
   which removes the walkers) with procedurally rendered grey plumes rising from a point on the
-  lawn, plus sensor noise. 640x360, 10 fps, 20 s; smoke starts at 3 s. It shows that the cue
+  lawn, plus sensor noise. 640x360, 10 fps, 30 s; smoke starts at 3 s. It shows that the cue
   detector's logic works end to end; it says nothing about how real smoke looks to it.
+- vtest_people.mp4: REAL footage: frames 480-794 of vtest.avi (people walking across a campus),
+  scaled to 640x480, 10 fps, 31.5 s. Covers the hand-checked frames 505-780 of
+  vtest_person_boxes.json. The camera-pipeline tests and bench/vision.py run on it.
 - tree_motion.mp4: REAL footage: tree.avi (a tree swaying in the wind, no people), 320x240,
   15 fps, the first 10 s. Motion that must not become a person event.
 
-Both come from files of Debian 12's opencv-doc 4.6.0 (OpenCV samples/data; Apache-2.0 AND
+All come from files of Debian 12's opencv-doc 4.6.0 (OpenCV samples/data; Apache-2.0 AND
 BSD-3-Clause, see /usr/share/doc/opencv-doc/copyright in that package). Deterministic (seeded).
-Needs nothing but the venv (OpenCV writes MPEG-4 part 2).
+Encoded as H.264 by Debian's `ffmpeg` (crf 27; the smoke clip crf 25, its faint texture is what
+is tested); apt-get install ffmpeg, dev-time only: OpenCV decodes the clips without it.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,8 +33,32 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SIZE = (640, 360)
 FPS = 10
-SECONDS = 20
+SECONDS = 30
 SMOKE_FROM_S = 3.0
+SMOKE_CRF = 25
+
+
+class Writer:
+    """Frames piped into ffmpeg's x264: a tenth of the size OpenCV's MPEG-4 writer gives."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], crf: int = 27) -> None:
+        w, h = size
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24"]
+            + ["-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libx264", "-preset", "slow"]
+            + ["-crf", str(crf), "-pix_fmt", "yuv420p", "-g", str(round(fps) * 2), str(path)],
+            stdin=subprocess.PIPE,
+        )
+
+    def write(self, frame: np.ndarray) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            raise RuntimeError("ffmpeg failed")
 
 
 def median_background(vtest: Path) -> np.ndarray:
@@ -71,13 +100,13 @@ def render_smoke(background: np.ndarray, out: Path, seed: int = 7) -> None:
     noise2 = value_noise(rng, gh * 3, gw, octaves=6)
     source = np.array([0.42 * gw, 0.80 * gh], np.float32)
     particles: list[list[float]] = []  # x, y, vx, vy, born
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    writer = Writer(out, FPS, SIZE, crf=SMOKE_CRF)
     smoke_colour = np.array([208, 206, 204], np.float32)
     bg = background.astype(np.float32)
     for i in range(FPS * SECONDS):
         t = i / FPS
         if t >= SMOKE_FROM_S:
-            rate = min(1.0, (t - SMOKE_FROM_S) / 3.0) * 8  # particles per frame, ramping up
+            rate = min(1.0, (t - SMOKE_FROM_S) / 3.0) * 10  # particles per frame, ramping up
             for _ in range(rng.poisson(rate)):
                 particles.append(
                     [
@@ -99,7 +128,7 @@ def render_smoke(background: np.ndarray, out: Path, seed: int = 7) -> None:
             x = p[0] + p[2] * age + p[5] * np.sin(0.7 * age + 3 * p[4])
             y = p[1] + p[3] * age
             radius = 1.2 + 0.6 * age
-            strength = 0.3 * np.exp(-age / 5.0)
+            strength = 0.4 * np.exp(-age / 5.0)
             density += strength * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * radius**2))
         particles = alive
         texture = 0.5 * (_scrolled(noise, gh, t * 7.0) + _scrolled(noise2, gh, t * 4.0))
@@ -110,7 +139,7 @@ def render_smoke(background: np.ndarray, out: Path, seed: int = 7) -> None:
         shade = cv2.resize(texture, SIZE, interpolation=cv2.INTER_CUBIC)[..., None]
         colour = smoke_colour * (0.9 + 0.15 * shade)
         frame = (1.0 - alpha) * bg + alpha * colour
-        frame += rng.normal(0, 2.0, frame.shape).astype(np.float32)  # sensor noise
+        frame += rng.normal(0, 1.5, frame.shape).astype(np.float32)  # sensor noise
         writer.write(np.clip(frame, 0, 255).astype(np.uint8))
     writer.release()
 
@@ -125,7 +154,7 @@ def cut_tree(tree: Path, out: Path, seconds: float = 10.0) -> None:
     cap = cv2.VideoCapture(str(tree))
     fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), round(fps), size)
+    writer = Writer(out, round(fps), size)
     for _ in range(int(seconds * fps)):
         ok, frame = cap.read()
         if not ok:
@@ -135,10 +164,26 @@ def cut_tree(tree: Path, out: Path, seconds: float = 10.0) -> None:
     cap.release()
 
 
+def cut_people(vtest: Path, out: Path, first: int = 480) -> None:
+    cap = cv2.VideoCapture(str(vtest))
+    writer = Writer(out, FPS, (640, 480))
+    index = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index >= first:
+            writer.write(cv2.resize(frame, (640, 480), interpolation=cv2.INTER_AREA))
+        index += 1
+    writer.release()
+    cap.release()
+
+
 def main(data: Path) -> None:
     render_smoke(median_background(data / "vtest.avi"), HERE / "smoke_synthetic.mp4")
     cut_tree(data / "tree.avi", HERE / "tree_motion.mp4")
-    for name in ("smoke_synthetic.mp4", "tree_motion.mp4"):
+    cut_people(data / "vtest.avi", HERE / "vtest_people.mp4")
+    for name in ("smoke_synthetic.mp4", "tree_motion.mp4", "vtest_people.mp4"):
         print(name, (HERE / name).stat().st_size, "bytes")
 
 
