@@ -34,7 +34,7 @@ import tomli_w
 
 from provisioning import boot
 from provisioning.fleet import FleetError, FleetSettings, write_file
-from provisioning.inventory import GatewayRow
+from provisioning.inventory import Camera, GatewayRow
 
 SECRET = 0o600
 PUBLIC = 0o644
@@ -92,7 +92,21 @@ def config_dict(row: GatewayRow, settings: FleetSettings) -> dict[str, Any]:
         "outbox": {"path": "/var/lib/wardgate/outbox.sqlite3"},
         "health": {"heartbeat_s": 30.0, "watchdog": True},
     }
+    if row.cameras:
+        conf["vision"] = {"cameras": [camera_entry(c) for c in row.cameras]}
     return _merge(conf, settings.config)
+
+
+def camera_entry(camera: Camera) -> dict[str, Any]:
+    """An inventory camera as a `[[vision.cameras]]` table (edge/vision/config.py)."""
+    source = camera.source
+    if source.startswith("/dev/"):
+        return {"name": camera.name, "device": source}
+    if source.startswith("file://"):
+        return {"name": camera.name, "file": source[len("file://") :]}
+    if source.startswith("/"):
+        return {"name": camera.name, "file": source}
+    return {"name": camera.name, "url": source}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -106,12 +120,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def hardware_sidecar(row: GatewayRow) -> dict[str, Any] | None:
-    """Cameras and serial sensors from the inventory, for sections the config cannot hold yet."""
-    if not row.cameras and not row.sensors:
+    """Serial sensors from the inventory, kept beside config.toml until its `[serial]` section
+    (sensor_drivers/config.py) can hold them."""
+    if not row.sensors:
         return None
     doc: dict[str, Any] = {}
-    if row.cameras:
-        doc["cameras"] = [{"name": c.name, "source": c.source} for c in row.cameras]
     if row.sensors:
         doc["sensors"] = [
             {"port": s.port, "profile": s.profile, **({"address": s.address} if s.address else {})}
@@ -176,8 +189,8 @@ def public_files(
     sidecar = hardware_sidecar(row)
     if sidecar is not None:
         text = (
-            "# Cameras and serial sensors of this gateway, from the inventory. Kept beside\n"
-            "# config.toml until its [vision] and [serial] sections can hold them.\n"
+            "# Serial sensors of this gateway, from the inventory. Kept beside config.toml\n"
+            "# until its [serial] section can hold them.\n"
         ) + tomli_w.dumps(sidecar)
         files[f"{ETC}/hardware.toml"] = (text.encode(), SECRET)
     connection = boot.nm_connection(row, psk)

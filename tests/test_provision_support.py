@@ -20,22 +20,12 @@ from provisioning.inventory import load
 from tests.mqtt_broker import MosquittoBroker, free_port, wait_for_port
 
 PASSPHRASE = b"a test passphrase, not a real one"
-REPO = Path(__file__).resolve().parents[1]
 
 INVENTORY = """\
 id,district,ward,site_type,hw_serial,cameras,sensors,network
 gw-a,d01,w1,fire_point,10000000000000a1,,/dev/ttyUSB0=wardnode,dhcp
 gw-b,d01,w2,police_post,10000000000000b2,gate=rtsp://10.0.0.9/s1,,dhcp
 gw-c,d02,w1,fire_point,10000000000000c3,,,ip=10.2.1.5/24;gw=10.2.1.1;dns=10.2.1.1
-"""
-
-MINIMAL_UNIT = """\
-[Unit]
-Description=wardgate edge gateway (test stand-in: deploy/wardgate.service is not there yet)
-[Service]
-ExecStart=/opt/wardgate/bin/wardgate run
-[Install]
-WantedBy=multi-user.target
 """
 
 
@@ -47,8 +37,6 @@ def make_fleet(root: Path, inventory: str = INVENTORY, settings_extra: str = "")
     text = FLEET_TOML_TEMPLATE.format(host="localhost", ca_name="wardgate test fleet CA")
     text = text.replace("alt_names = []", 'alt_names = ["127.0.0.1"]')
     write_file(fleet.settings_path, text + settings_extra)
-    if not (REPO / "deploy" / "wardgate.service").is_file():
-        write_file(root / "wardgate.service", MINIMAL_UNIT)
     (root / "inventory.csv").write_text(inventory)
     return fleet
 
