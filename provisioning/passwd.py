@@ -20,10 +20,10 @@ DEFAULT_ITERATIONS = 101
 """mosquitto_passwd's own default. Every password we hash is 256 random bits that no person
 chooses or types, so offline guessing is hopeless at any iteration count; stretching would only
 buy a slower broker. Mosquitto is single-threaded and hashes on every password CONNECT: at
-OWASP's 210,000 iterations one hash took 111 ms here (101: 0.1 ms), so 1,000 gateways
-reconnecting after a broker restart would stall the broker for ~2 minutes, and enrolling them
-would take as long. For accounts whose passwords a person chooses, raise
-`accounts.password_iterations` in fleet.toml (e.g. 210000)."""
+OWASP's 210,000 iterations one hash took 110-180 ms here (101: 0.1 ms), so 1,000 gateways
+reconnecting after a broker restart would stall the broker for 2-3 minutes, and enrolling them
+would take as long (bench/provision.py measures both). For accounts whose passwords a person
+chooses, raise `accounts.password_iterations` in fleet.toml (e.g. 210000)."""
 
 MAX_ITERATIONS = 10_000_000
 
