@@ -111,7 +111,8 @@ def test_astronaut_is_a_person(detector):
 
 
 KNOWN_FALSE = {
-    ("default", "chelsea.jpg"): "NanoDet scores the cat photo 0.55 person (docs/models.md)",
+    # At the threshold (0.50 on this JPEG, 0.55 on skimage's PNG): may flip on other CPUs.
+    ("default", "chelsea.jpg"): "NanoDet scores the cat photo ~0.5 person (docs/models.md)",
     ("fast", "apple.jpg"): "SSDLite scores a close-up apple 0.81 person (docs/models.md)",
     ("fast", "orange.jpg"): "SSDLite scores a close-up orange 0.73 person (docs/models.md)",
 }
@@ -134,7 +135,9 @@ NON_PERSON = (
         pytest.param(
             profile,
             name,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FALSE[(profile, name)])]
+            marks=[
+                pytest.mark.xfail(strict=name != "chelsea.jpg", reason=KNOWN_FALSE[(profile, name)])
+            ]
             if (profile, name) in KNOWN_FALSE
             else [],
         )
