@@ -27,7 +27,7 @@ import os
 import shutil
 import stat
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -365,6 +365,6 @@ By hand:
   3. Boot the gateway. Installation takes a few minutes; afterwards wardgate/INSTALLED appears
      on the boot partition, or wardgate/INSTALL-FAILED.txt with the reason.
 
-Check this bundle: wardgate provision verify {PurePosixPath("bundles") / row.id}
+Check this bundle: wardgate provision verify FLEET_DIR/bundles/{row.id}
 Secrets (tls/gateway.key, mqtt.password) are in boot/wardgate/etc/: keep this folder 0700.
 """
