@@ -13,7 +13,8 @@ writes, next to this script:
   scaled to 640x480, 10 fps, 31.5 s. Covers the hand-checked frames 505-780 of
   vtest_person_boxes.json. The camera-pipeline tests and bench/vision.py run on it.
 - tree_motion.mp4: REAL footage: tree.avi (a tree swaying in the wind, no people), 320x240,
-  15 fps, the first 10 s. Motion that must not become a person event.
+  15 fps; its 68 decodable frames played forward and backward to 10 s. Motion that must not
+  become a person event.
 
 All come from files of Debian 12's opencv-doc 4.6.0 (OpenCV samples/data; Apache-2.0 AND
 BSD-3-Clause, see /usr/share/doc/opencv-doc/copyright in that package). Deterministic (seeded).
@@ -151,17 +152,22 @@ def _scrolled(noise: np.ndarray, rows: int, shift: float) -> np.ndarray:
 
 
 def cut_tree(tree: Path, out: Path, seconds: float = 10.0) -> None:
+    """tree.avi decodes to 68 frames (4.5 s): played forward, backward, forward... to `seconds`."""
     cap = cv2.VideoCapture(str(tree))
     fps = cap.get(cv2.CAP_PROP_FPS) or 15.0
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    writer = Writer(out, round(fps), size)
-    for _ in range(int(seconds * fps)):
+    frames = []
+    while True:
         ok, frame = cap.read()
         if not ok:
             break
-        writer.write(frame)
-    writer.release()
+        frames.append(frame)
     cap.release()
+    h, w = frames[0].shape[:2]
+    writer = Writer(out, round(fps), (w, h))
+    order = frames + frames[-2:0:-1]
+    for i in range(int(seconds * fps)):
+        writer.write(order[i % len(order)])
+    writer.release()
 
 
 def cut_people(vtest: Path, out: Path, first: int = 480) -> None:
