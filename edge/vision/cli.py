@@ -68,13 +68,17 @@ def _error(message: str) -> None:
 
 
 def _open_detector(args):
-    if args.model == "smoke" or args.model.startswith("smoke"):
-        from edge.vision.smoke_classifier import SmokeClassifier
+    """Person detector, or the smoke classifier for 'smoke' and for classifier model files."""
+    from edge.vision.detector import NotADetectorModel, PersonDetector
+    from edge.vision.smoke_classifier import SmokeClassifier
 
-        return SmokeClassifier(args.model, threads=args.threads, threshold=args.threshold)
-    from edge.vision.detector import PersonDetector
-
-    return PersonDetector(args.model, threads=args.threads, threshold=args.threshold)
+    options = {"threads": args.threads, "threshold": args.threshold}
+    if args.model.startswith("smoke"):
+        return SmokeClassifier(args.model, **options)
+    try:
+        return PersonDetector(args.model, **options)
+    except NotADetectorModel:
+        return SmokeClassifier(args.model, **options)
 
 
 def _frames(path: Path, every: int):

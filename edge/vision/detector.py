@@ -35,6 +35,10 @@ class ModelError(RuntimeError):
     """A model cannot be loaded or run; the message names the file and what to do."""
 
 
+class NotADetectorModel(ModelError):
+    """A valid TFLite model whose outputs are not a person detector's (e.g. a classifier)."""
+
+
 @dataclass(frozen=True)
 class Detection:
     label: str
@@ -188,7 +192,7 @@ class PersonDetector:
             self._bins = np.arange(11, dtype=np.float32)
             return "nanodet"
         shapes = [tuple(int(v) for v in o["shape"]) for o in outputs]
-        raise ModelError(
+        raise NotADetectorModel(
             f"{self.path}: unknown detector outputs {shapes}; expected a NanoDet head "
             f"(scores [1,N,2], boxes [1,N,44]) or {POSTPROCESS_OP}"
         )
