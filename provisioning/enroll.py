@@ -76,7 +76,7 @@ class Report:
 
     def lines(self) -> list[str]:
         p = self.plan
-        verb = "would" if self.dry_run else "did"
+        verb = "would change" if self.dry_run else "changed"
         out = [
             f"{len(p.new)} enrolled, {len(p.rekey)} re-keyed, {len(p.update)} updated, "
             f"{len(p.revoke)} revoked, {len(p.unchanged)} unchanged"
@@ -102,7 +102,7 @@ class Report:
         for gw, problem in p.broken:
             out.append(f"  ! {gw}: {problem}")
         if self.broker_changed:
-            out.append(f"broker files {verb} change: {', '.join(self.broker_changed)}")
+            out.append(f"broker files {verb}: {', '.join(self.broker_changed)}")
             if {"crl.pem", "server.crt", "ca.crt"} & set(self.broker_changed):
                 out.append("  -> copy them to the broker and restart mosquitto")
             else:
