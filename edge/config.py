@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -19,6 +19,8 @@ from edge.vision.config import VisionConfig
 from sensor_drivers.config import SerialConfig
 
 DEFAULT_PATH = Path("/etc/wardgate/config.toml")
+
+M = TypeVar("M", bound=Section)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -145,18 +147,28 @@ def load(path: Path | str) -> Config:
 
 
 def parse(text: str, path: Path | str = "<config>") -> Config:
+    return parse_model(Config, text, path)
+
+
+def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> Config:
+    return validate_model(Config, data, path, text)
+
+
+def parse_model(model: type[M], text: str, path: Path | str) -> M:
+    """TOML text into any Section model (the gateway config, the fleet settings, ...)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         where = f"{path}:{match.group(1)}" if match else str(path)
         raise ConfigError(path, [f"{where}: not valid TOML: {exc}"]) from None
-    return from_dict(data, path, text)
+    return validate_model(model, data, path, text)
 
 
-def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> Config:
+def validate_model(model: type[M], data: dict[str, Any], path: Path | str, text: str = "") -> M:
+    """Validate; on failure a ConfigError with every problem as `file:line: key: reason`."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = _KeyLines(text)
         problems = []

@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from edge.confbase import Section, TopicSegment
 from edge.topics import DEFAULT_PREFIX
@@ -204,24 +204,12 @@ class FleetDir:
 
 
 def load_settings(path: Path) -> FleetSettings:
-    from edge.config import _dotted, _explain, _is_union_tag, _KeyLines
+    from edge.config import ConfigError, parse_model
 
-    text = path.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FleetError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return FleetSettings.model_validate(data)
-    except ValidationError as exc:
-        lines = _KeyLines(text)
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = [p for p in err["loc"] if not _is_union_tag(p)]
-            line = lines.find(loc)
-            where = f"{path}:{line}" if line else str(path)
-            problems.append(f"{where}: {_dotted(loc) or '(top level)'}: {_explain(err)}")
-        raise FleetError("\n".join(problems)) from None
+        return parse_model(FleetSettings, path.read_text(encoding="utf-8"), path)
+    except ConfigError as exc:
+        raise FleetError(str(exc)) from None
 
 
 # --- secrets ------------------------------------------------------------------------------------
