@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edge.deploy import SYSTEMD_UNIT
 from provisioning import boot, bundle, pki
 from provisioning.broker import (
     Account,
@@ -600,7 +601,7 @@ def find_unit(fleet: FleetDir, unit_path: Path | None = None) -> Path:
     candidates = [unit_path] if unit_path else []
     candidates += [
         fleet.root / "wardgate.service",
-        Path(__file__).resolve().parents[1] / "deploy" / "wardgate.service",
+        SYSTEMD_UNIT,
     ]
     for path in candidates:
         if path is not None and path.is_file():

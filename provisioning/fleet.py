@@ -92,7 +92,7 @@ class DeviceSettings(Section):
     keymap: str = "us"
     wlan_country: str | None = Field(None, pattern=r"^[A-Z]{2}$")
     config_dir: str = "/etc/wardgate"
-    venv: str = Field("/opt/wardgate/venv", description="as deploy/wardgate.service expects")
+    venv: str = Field("/opt/wardgate/venv", description="as edge/deploy/wardgate.service expects")
     check_hw_serial: bool = Field(True, description="refuse to install on another board")
 
 

@@ -1,10 +1,9 @@
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parent.parent / "deploy" / "wardgate.service"
+from edge.deploy import SYSTEMD_UNIT as UNIT
 
 
 def unit_settings() -> dict[str, str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
 
 from edge.cli import main as wardgate
+from edge.deploy import SYSTEMD_UNIT
 from provisioning import bundle
 from provisioning.fleet import FleetError
 from tests.test_provision_support import make_fleet, run
@@ -123,7 +123,7 @@ def test_cameras_go_into_the_config_and_sensors_into_the_sidecar(fleet):
 def test_installer_puts_wardgate_where_the_shipped_unit_runs_it(fleet):
     payload = fleet.bundle("gw-a") / "boot/wardgate"
     unit = (payload / "wardgate.service").read_text()
-    assert unit == (Path(__file__).resolve().parents[1] / "deploy/wardgate.service").read_text()
+    assert unit == SYSTEMD_UNIT.read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     env = (payload / "gateway.env").read_text()
     venv = next(line for line in env.splitlines() if line.startswith("WARDGATE_VENV="))
