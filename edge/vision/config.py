@@ -99,6 +99,9 @@ class CameraConfig(Section):
     enabled: bool = True
     fps: PositiveFloat = Field(5.0, description="analysed frames per second at most")
     transport: Literal["tcp", "udp"] = "tcp"
+    probe_s: PositiveFloat = Field(
+        1.0, description="how long FFmpeg studies a new stream before the first frame"
+    )
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 5.0
     stall_timeout_s: PositiveFloat = Field(

@@ -155,7 +155,10 @@ class FrameSource:
         if cam.kind == "rtsp":
             with _open_lock:
                 previous = os.environ.get(_FFMPEG_ENV)
-                os.environ[_FFMPEG_ENV] = f"rtsp_transport;{cam.transport}"
+                probe_us = int(cam.probe_s * 1e6)
+                os.environ[_FFMPEG_ENV] = (
+                    f"rtsp_transport;{cam.transport}|analyzeduration;{probe_us}"
+                )
                 try:
                     cap = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, params)
                 finally:
@@ -183,6 +186,7 @@ class FrameSource:
             self.last_error = f"cannot open {where}"
             self.log.warning("%s", self.last_error)
             return None
+        self._reconnect.clear()  # a watchdog kick during a slow open is answered by the open
         self.log.info("opened %s", where)
         return cap
 
