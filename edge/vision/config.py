@@ -39,6 +39,9 @@ class MotionSettings(Section):
     check_every_s: PositiveFloat = Field(
         10.0, description="run the detector at least this often even without motion"
     )
+    busy_every_s: float = Field(
+        0.4, ge=0, description="while motion goes on or people are tracked, detect this often"
+    )
     warmup_frames: int = Field(10, ge=0, description="frames to learn the background first")
 
 

@@ -102,6 +102,7 @@ class CameraPipeline(Pipeline):
         self.last_timings: dict[str, float] = {}  # ms per stage of the last processed frame
         self._size = (0, 0)
         self._last_detect_t: float | None = None
+        self._moving = False
         self._last_smoke_t: float | None = None
         self._smoke_ref: bytes | None = None
         self._smoke_since = 0.0
@@ -176,10 +177,25 @@ class CameraPipeline(Pipeline):
 
     # --- decisions -------------------------------------------------------------------------
     def _detector_due(self, motion: Motion | None, t: float) -> bool:
-        if motion is None or motion.active or self.tracker.active:
+        """Run the detector on this frame?
+
+        Always without a gate, on the first frame of new motion, and while a new track is being
+        confirmed (so confirmation takes `confirm_frames` frames, not seconds). While motion
+        goes on, or people are tracked, every `busy_every_s`: walkers are followed well at
+        that rate, and a tree in the wind costs half. In a still scene every `check_every_s`
+        (someone standing still, or already there when the gate warmed up).
+        """
+        if motion is None:
             return True
-        last = self._last_detect_t
-        return last is None or t - last >= self.cam.motion.check_every_s
+        was_moving, self._moving = self._moving, motion.active
+        since = float("inf") if self._last_detect_t is None else t - self._last_detect_t
+        if any(not tr.confirmed for tr in self.tracker.tracks):
+            return True
+        if motion.active and not was_moving:
+            return True
+        if motion.active or self.tracker.tracks:
+            return since >= self.cam.motion.busy_every_s
+        return since >= self.cam.motion.check_every_s
 
     def _smoke_due(self, t: float) -> bool:
         assert self.smoke is not None

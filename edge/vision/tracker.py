@@ -167,7 +167,8 @@ class Tracker:
                 bx, by = _centre(box)
                 dist = ((bx - cx) ** 2 + (by - cy) ** 2) ** 0.5
                 bsize = max(box[2] - box[0], box[3] - box[1])
-                if dist < 0.5 * size and 0.5 < bsize / max(size, 1e-6) < 2.0:
+                gate = size * (0.5 + min(t - track.last_t, 1.0))  # further, the longer unseen
+                if dist < gate and 0.5 < bsize / max(size, 1e-6) < 2.0:
                     near.append((dist, ti, di))
         near.sort()
         for _, ti, di in near:
