@@ -105,6 +105,9 @@ class CameraConfig(Section):
     probe_s: PositiveFloat = Field(
         1.0, description="how long FFmpeg studies a new stream before the first frame"
     )
+    decode_threads: int = Field(
+        1, ge=0, le=16, description="FFmpeg decoder threads (0: one per core)"
+    )
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 5.0
     stall_timeout_s: PositiveFloat = Field(

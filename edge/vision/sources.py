@@ -151,6 +151,8 @@ class FrameSource:
             int(cam.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             int(cam.read_timeout_s * 1000),
+            cv2.CAP_PROP_N_THREADS,
+            cam.decode_threads,
         ]
         if cam.kind == "rtsp":
             with _open_lock:
@@ -179,7 +181,7 @@ class FrameSource:
             if cam.file is None or not cam.file.is_file():
                 self.last_error = f"{where}: no such file"
                 return None
-            cap = cv2.VideoCapture(str(cam.file), cv2.CAP_FFMPEG)
+            cap = cv2.VideoCapture(str(cam.file), cv2.CAP_FFMPEG, params[-2:])
         self.opens += 1
         if not cap.isOpened():
             cap.release()
