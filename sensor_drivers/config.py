@@ -1,9 +1,107 @@
-"""Config of the serial fire-sensor pipelines (the `[serial]` table)."""
+"""Config of the serial fire-sensor pipelines: the `[serial]` table and its `[[serial.ports]]`.
+
+Reference: docs/sensors.md. One port is one pipeline: a UART with node-protocol sensor nodes, or
+an RS-485 bus with Modbus RTU detectors (several unit ids on one bus).
+"""
 
 from __future__ import annotations
 
-from edge.confbase import Section
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.confbase import Section, TopicSegment
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+ShortName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$",
+        description="1-12 letters, digits, '_' or '-': the start of every event source",
+    ),
+]
+
+
+class ReadingSettings(Section):
+    """Readings are reported by exception and rate-limited per source."""
+
+    min_interval_s: float = Field(
+        10.0, ge=0, description="at most one reading per source this often"
+    )
+    max_interval_s: float = Field(
+        300.0, gt=0, description="and at least one this often, even without change"
+    )
+    deadband_pct: float = Field(
+        2.0, ge=0, description="default change, in % of the last value, that counts as a change"
+    )
+
+
+class ModbusDevice(Section):
+    unit: int = Field(ge=1, le=247, description="Modbus unit (slave) id on the bus")
+    profile: str = Field(description="register map: a name in sensor_drivers/profiles or a path")
+    name: ShortName | None = Field(None, description="source prefix; default d<unit>, e.g. d01")
+
+    @property
+    def source(self) -> str:
+        return self.name or f"d{self.unit:02d}"
+
+
+class PortSettings(Section):
+    name: TopicSegment = Field(description="pipeline name, e.g. nodes1 or rs485")
+    path: str = Field(
+        description="device path (/dev/ttyUSB0) or a /dev/serial/by-id name (stable across plugs)"
+    )
+    protocol: Literal["node", "modbus"]
+    baud: int = Field(115200, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    reconnect_s: PositiveFloat = Field(1.0, description="first retry after the port is lost")
+    reconnect_max_s: PositiveFloat = 10.0
+    # node protocol
+    nodes: list[Annotated[int, Field(ge=0, le=254)]] = Field(
+        default_factory=list,
+        description="node ids expected on this port: missing ones are faults from the start",
+    )
+    silent_after_s: PositiveFloat = Field(
+        15.0, description="a node with no frame for this long is reported silent (fault)"
+    )
+    # modbus
+    devices: list[ModbusDevice] = Field(default_factory=list)
+    poll_s: PositiveFloat = Field(1.0, description="Modbus: poll every device this often")
+    timeout_s: PositiveFloat = Field(0.3, description="Modbus: wait this long for an answer")
+    retries: int = Field(1, ge=0, le=10, description="Modbus: retries before a poll fails")
+    fail_after: int = Field(
+        2, ge=1, le=100, description="Modbus: consecutive failed polls before a device fault"
+    )
+
+    @model_validator(mode="after")
+    def _fits_protocol(self) -> PortSettings:
+        if self.protocol == "modbus":
+            if not self.devices:
+                raise ValueError("a modbus port needs at least one [[serial.ports.devices]]")
+            if self.nodes:
+                raise ValueError('`nodes` is for protocol = "node" ports')
+            units = [d.unit for d in self.devices]
+            if len(set(units)) != len(units):
+                raise ValueError(f"unit ids must differ on one bus (got {units})")
+            sources = [d.source for d in self.devices]
+            if len(set(sources)) != len(sources):
+                raise ValueError(f"device names must differ (got {sources})")
+        elif self.devices:
+            raise ValueError('`devices` is for protocol = "modbus" ports')
+        return self
 
 
 class SerialConfig(Section):
-    pass
+    ports: list[PortSettings] = Field(default_factory=list)
+    readings: ReadingSettings = ReadingSettings()
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct(cls, ports: list[PortSettings]) -> list[PortSettings]:
+        for attr in ("name", "path"):
+            seen = [getattr(p, attr) for p in ports]
+            dupes = sorted({v for v in seen if seen.count(v) > 1})
+            if dupes:
+                raise ValueError(f"two ports with the same {attr}: {dupes}")
+        return ports

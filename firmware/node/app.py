@@ -57,7 +57,12 @@ class Node:
             if len(self.pending) >= MAX_PENDING:
                 self._drop_oldest_pending()
             retry = self.cfg["retry_ms"]
-            self.pending[seq] = [frame, self.hal.ticks_add(self.hal.ticks_ms(), retry), retry, mtype]
+            self.pending[seq] = [
+                frame,
+                self.hal.ticks_add(self.hal.ticks_ms(), retry),
+                retry,
+                mtype,
+            ]
         return seq
 
     def _drop_oldest_pending(self):
@@ -137,7 +142,9 @@ class Node:
 
     def readings(self, now):
         min_gap = self.cfg["reading_min_s"] * 1000
-        since = None if self.last_reading_ms is None else self.hal.ticks_diff(now, self.last_reading_ms)
+        since = (
+            None if self.last_reading_ms is None else self.hal.ticks_diff(now, self.last_reading_ms)
+        )
         if since is not None and since < min_gap:
             return
         due = since is None or since >= self.cfg["reading_s"] * 1000

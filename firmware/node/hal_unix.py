@@ -13,9 +13,8 @@ outlives it. Outputs and notable moments go to stdout:
 import os
 import select
 import sys
-import time
-
 import termios
+import time
 
 ADC_FULL = 65535
 
@@ -209,8 +208,10 @@ def make_hal(argv):
                 inputs[name] = float(level)
             i += 2
         else:
-            sys.stderr.write("usage: micropython main.py --uart fd:N|PATH [--config node.json]"
-                             " [--set PIN=VALUE ...]\n")
+            sys.stderr.write(
+                "usage: micropython main.py --uart fd:N|PATH [--config node.json]"
+                " [--set PIN=VALUE ...]\n"
+            )
             raise SystemExit(2)
     if uart is None:
         sys.stderr.write("--uart is required (fd:N for an inherited pty master, or a path)\n")

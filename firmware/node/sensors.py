@@ -135,7 +135,9 @@ def ntc_celsius(fraction, cfg):
 
 def ntc_fraction(celsius, cfg):
     """The ADC fraction an NTC at `celsius` gives: the inverse of ntc_celsius."""
-    r = cfg["r0"] * math.exp(cfg["beta"] * (1.0 / (celsius + KELVIN) - 1.0 / (cfg["t0_c"] + KELVIN)))
+    r = cfg["r0"] * math.exp(
+        cfg["beta"] * (1.0 / (celsius + KELVIN) - 1.0 / (cfg["t0_c"] + KELVIN))
+    )
     return r / (r + cfg["r_series"])
 
 

@@ -1,0 +1,370 @@
+"""The gateway side of the node protocol: one pipeline per UART with sensor nodes on it.
+
+What a node says becomes events: alarms at once (acknowledged to the node only after the event is
+durable, so an alarm is never lost between the two), faults when they appear and clear, and
+readings by exception. A node that goes quiet for `silent_after_s` is a fault ("silent"); it is
+restored by its next frame. A lost port is a fault of its own, and is reopened with backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from edge.pipeline import Context, Pipeline
+from sensor_drivers import node_protocol as np
+from sensor_drivers.config import PortSettings
+from sensor_drivers.port import PortError, PortLost, Reconnector, SerialPort
+from sensor_drivers.readings import ReadingGate
+
+UNITS = {"smoke": "%", "heat": "degC"}
+#: a repeat of an acknowledged message arrives within seconds; older sequence numbers are new
+DUPLICATE_WINDOW_S = 60.0
+HELLO_REQUEST_EVERY_S = 5.0
+COMMAND_RETRY_S = 0.2
+READ_SLICE_S = 0.05
+
+
+def node_label(node: int) -> str:
+    return f"n{node:02d}"
+
+
+class NodeState:
+    """What the gateway knows about one node."""
+
+    def __init__(self, node: int, now: float) -> None:
+        self.node = node
+        self.label = node_label(node)
+        self.last_seen: float | None = None
+        self.watch_from = now  # silence is measured from here until the first frame
+        self.silent = False
+        self.boot_id: int | None = None
+        self.firmware = ""
+        self.heartbeat_s: int | None = None
+        self.sensors: list[tuple[str, str]] = []  # (kind, name) by index
+        self.recent: dict[int, float] = {}  # acked-type seq -> when first seen
+        self.alarmed: set[int] = set()  # sensor indexes whose latched alarm was emitted
+        self.faults: set[tuple[int, str]] = set()  # (sensor index, code) active
+        self.hello_asked_at = -1e9
+        self.uptime_s: int | None = None
+        self.node_crc_errors = 0
+        self.frames = 0
+        self.duplicates = 0
+
+    def sensor_source(self, index: int) -> str:
+        if index == np.NODE_SENSOR:
+            return self.label
+        if index < len(self.sensors):
+            return f"{self.label}/{self.sensors[index][1]}"
+        return f"{self.label}/s{index}"
+
+    def sensor_kind(self, index: int) -> str | None:
+        return self.sensors[index][0] if index < len(self.sensors) else None
+
+    def seen_before(self, seq: int, now: float) -> bool:
+        for old in [s for s, t in self.recent.items() if now - t > DUPLICATE_WINDOW_S]:
+            del self.recent[old]
+        if seq in self.recent:
+            return True
+        self.recent[seq] = now
+        return False
+
+    def rebooted(self) -> None:
+        self.recent.clear()
+        self.alarmed.clear()
+
+
+class _PendingCommand:
+    def __init__(self, node: int, seq: int, command: str) -> None:
+        self.node = node
+        self.seq = seq
+        self.command = command
+        self.frame = np.encode(np.Message(np.COMMAND, node, seq, {"command": command}))
+        self.sent_at = time.monotonic()
+        self.status: str | None = None
+        self.done = threading.Event()
+
+
+class NodePortPipeline(Pipeline):
+    def __init__(self, ctx: Context, settings: PortSettings, readings: ReadingGate) -> None:
+        super().__init__(f"serial-{settings.name}", ctx)
+        self.settings = settings
+        self.readings = readings
+        self.port = SerialPort(settings.path, settings.baud, settings.parity, settings.stopbits)
+        self.decoder = np.Decoder()
+        self.nodes: dict[int, NodeState] = {}
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._seq = 0
+        self._pending: dict[tuple[int, int], _PendingCommand] = {}
+        self._port_fault = False
+        self.acks_sent = 0
+        self.alarms = 0
+        started = time.monotonic()
+        for node in settings.nodes:
+            self.nodes[node] = NodeState(node, started)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        reconnect = Reconnector(self.settings.reconnect_s, self.settings.reconnect_max_s)
+        while not stop.is_set():
+            if not self.port.is_open:
+                if not reconnect.due():
+                    self._supervise(time.monotonic())
+                    stop.wait(READ_SLICE_S)
+                    continue
+                try:
+                    self.port.open()
+                except PortError as exc:
+                    reconnect.failed()
+                    self._port_down(str(exc), exc.reason)
+                    continue
+                reconnect.succeeded()
+                self._port_up()
+            try:
+                data = self.port.read(READ_SLICE_S)
+                if data:
+                    for message in self.decoder.feed(data):
+                        self._handle(message)
+                elif not self.port.still_there():
+                    self.port.close()
+                    raise PortLost(f"serial port {self.settings.path} was replaced or removed")
+                self._resend_commands()
+            except PortLost as exc:
+                self.port.close()
+                reconnect.failed()
+                self._port_down(str(exc), exc.reason)
+            self._supervise(time.monotonic())
+
+    def close(self) -> None:
+        self.port.close()
+        for pending in list(self._pending.values()):
+            pending.done.set()
+
+    def _port_up(self) -> None:
+        self.set_state("ok", f"{self.port.device}")
+        self.decoder = np.Decoder()  # a half frame from before the loss means nothing now
+        if self._port_fault:
+            self._port_fault = False
+            self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
+        for state in self.nodes.values():
+            state.hello_asked_at = -1e9  # whoever is there, tell us who you are
+
+    def _port_down(self, why: str, reason: str) -> None:
+        self.set_state("degraded", why)
+        if not self._port_fault:
+            self._port_fault = True
+            self.ctx.emit(
+                "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
+            )
+
+    # --- frames from nodes ---------------------------------------------------------------------
+    def _node(self, node: int, now: float) -> NodeState:
+        state = self.nodes.get(node)
+        if state is None:
+            state = self.nodes[node] = NodeState(node, now)
+        return state
+
+    def _handle(self, msg: np.Message) -> None:
+        now = time.monotonic()
+        with self._state_lock:
+            state = self._node(msg.node, now)
+        state.frames += 1
+        state.last_seen = now
+        if state.silent:
+            state.silent = False
+            self.ctx.emit("fault", state.label, {"active": False, "code": "silent"})
+        if msg.type == np.HELLO and msg.fields["boot_id"] != state.boot_id:
+            if state.boot_id is not None:
+                self.log.info("%s restarted (boot id %08x)", state.label, msg.fields["boot_id"])
+            state.rebooted()
+        if msg.needs_ack and state.seen_before(msg.seq, now):
+            state.duplicates += 1
+            self._ack(msg)  # our ack was lost: say it again, but do not act twice
+            return
+        handler = getattr(self, f"_on_{msg.type_name}", None)
+        if handler is not None:
+            handler(state, msg)
+        if msg.needs_ack:
+            self._ack(msg)
+        if state.boot_id is None and now - state.hello_asked_at > HELLO_REQUEST_EVERY_S:
+            state.hello_asked_at = now
+            self._send_command(state.node, "hello")
+
+    def _on_hello(self, state: NodeState, msg: np.Message) -> None:
+        f = msg.fields
+        state.boot_id = f["boot_id"]
+        state.firmware = f["firmware"]
+        state.heartbeat_s = f["heartbeat_s"]
+        state.sensors = [(kind, name) for kind, name in f["sensors"]]
+        self.log.info(
+            "%s: %s, sensors %s", state.label, state.firmware, [n for _, n in state.sensors]
+        )
+
+    def _on_alarm(self, state: NodeState, msg: np.Message) -> None:
+        f = msg.fields
+        if f["sensor"] in state.alarmed:
+            state.duplicates += 1  # already reported from this latch (e.g. via a heartbeat)
+            return
+        state.alarmed.add(f["sensor"])
+        data: dict[str, Any] = {"cause": f["cause"]}
+        if f["cause"] not in ("flame", "call_point"):
+            data["value"] = _value(f["value"])
+        self.alarms += 1
+        self.ctx.emit("alarm", state.sensor_source(f["sensor"]), data)
+
+    def _on_fault(self, state: NodeState, msg: np.Message) -> None:
+        f = msg.fields
+        key = (f["sensor"], f["code"])
+        if f["active"] == (key in state.faults):
+            return
+        source = state.sensor_source(f["sensor"])
+        if f["active"]:
+            state.faults.add(key)
+        else:
+            state.faults.discard(key)
+            self.readings.forget(source)
+        self.ctx.emit("fault", source, {"active": f["active"], "code": f["code"]})
+
+    def _on_reading(self, state: NodeState, msg: np.Message) -> None:
+        for index, raw in msg.fields["values"]:
+            source = state.sensor_source(index)
+            value = _value(raw)
+            kind = state.sensor_kind(index)
+            deadband = {"smoke": 2.0, "heat": 1.0}.get(kind or "")
+            if self.readings.check(source, value, deadband):
+                data: dict[str, Any] = {"value": value}
+                if kind in UNITS:
+                    data["unit"] = UNITS[kind]
+                self.ctx.emit("reading", source, data)
+
+    def _on_heartbeat(self, state: NodeState, msg: np.Message) -> None:
+        f = msg.fields
+        if state.uptime_s is not None and f["uptime_s"] < state.uptime_s:
+            self.log.info("%s restarted (uptime went back)", state.label)
+            state.rebooted()
+        state.uptime_s = f["uptime_s"]
+        state.node_crc_errors = f["crc_errors"]
+        latched = f["alarms"]
+        for index in range(32):
+            bit = latched >> index & 1
+            if bit and index not in state.alarmed:
+                # the alarm frame itself was lost: the latch in the heartbeat still tells
+                state.alarmed.add(index)
+                self.alarms += 1
+                cause = state.sensor_kind(index) or "unknown"
+                self.ctx.emit(
+                    "alarm", state.sensor_source(index), {"cause": cause, "via": "heartbeat"}
+                )
+            elif not bit:
+                state.alarmed.discard(index)
+
+    def _on_ack(self, state: NodeState, msg: np.Message) -> None:
+        pending = self._pending.get((state.node, msg.fields["acked"]))
+        if pending is not None:
+            if pending.command == "reset":
+                state.alarmed.clear()  # the latches are gone: a new alarm is a new alarm
+            pending.status = msg.fields["status"]
+            pending.done.set()
+
+    def _ack(self, msg: np.Message) -> None:
+        ack = np.Message(np.ACK, msg.node, self._next_seq(), {"acked": msg.seq, "status": "ok"})
+        try:
+            self._write(np.encode(ack))
+            self.acks_sent += 1
+        except PortError as exc:
+            self.log.warning("could not acknowledge %s: %s", msg.type_name, exc)
+
+    # --- supervision ---------------------------------------------------------------------------
+    def _supervise(self, now: float) -> None:
+        limit = self.settings.silent_after_s
+        with self._state_lock:
+            states = list(self.nodes.values())
+        for state in states:
+            since = state.last_seen if state.last_seen is not None else state.watch_from
+            if not state.silent and now - since > limit:
+                state.silent = True
+                self.ctx.emit(
+                    "fault", state.label, {"active": True, "code": "silent", "after_s": limit}
+                )
+
+    # --- commands to nodes ---------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        with self._write_lock:
+            seq = self._seq
+            self._seq = np.next_seq(seq)
+        return seq
+
+    def _write(self, frame: bytes) -> None:
+        with self._write_lock:
+            self.port.write(frame)
+
+    def _send_command(self, node: int, command: str) -> _PendingCommand:
+        pending = _PendingCommand(node, self._next_seq(), command)
+        self._pending[(node, pending.seq)] = pending
+        try:
+            self._write(pending.frame)
+        except PortError:
+            pass  # resent by the loop once the port is back, until the caller gives up
+        return pending
+
+    def _resend_commands(self) -> None:
+        now = time.monotonic()
+        for key, pending in list(self._pending.items()):
+            if pending.done.is_set():
+                self._pending.pop(key, None)
+            elif now - pending.sent_at >= COMMAND_RETRY_S:
+                pending.sent_at = now
+                try:
+                    self._write(pending.frame)
+                except PortError:
+                    return
+
+    def command(self, name: str, sources: list[str] | None, timeout: float = 3.0) -> dict:
+        """Send `reset` or `silence` to the nodes matching `sources` (all when None)."""
+        with self._state_lock:
+            targets = [
+                s
+                for s in self.nodes.values()
+                if sources is None or any(src.split("/")[0] == s.label for src in sources)
+            ]
+        if not targets:
+            return {}
+        if not self.port.is_open:
+            return {s.label: "port closed" for s in targets}
+        waits = [(s.label, self._send_command(s.node, name)) for s in targets]
+        deadline = time.monotonic() + timeout
+        out = {}
+        for label, pending in waits:
+            pending.done.wait(max(0.0, deadline - time.monotonic()))
+            out[label] = pending.status or "no answer"
+            pending.done.set()
+        return out
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out["port"] = str(self.port.device or self.settings.path)
+        out["opened"] = self.port.opened
+        out["lost"] = self.port.lost
+        out["decoder"] = self.decoder.counters()
+        out["acks_sent"] = self.acks_sent
+        now = time.monotonic()
+        out["nodes"] = {
+            s.label: {
+                "firmware": s.firmware,
+                "seen_s_ago": None if s.last_seen is None else round(now - s.last_seen, 1),
+                "silent": s.silent,
+                "frames": s.frames,
+                "duplicates": s.duplicates,
+                "node_crc_errors": s.node_crc_errors,
+                "alarms_latched": sorted(s.sensor_source(i) for i in s.alarmed),
+                "faults": sorted(f"{s.sensor_source(i)}:{c}" for i, c in s.faults),
+            }
+            for s in list(self.nodes.values())
+        }
+        return out
+
+
+def _value(raw: int) -> float:
+    return round(raw / np.VALUE_SCALE, 2)
