@@ -267,3 +267,19 @@ def test_missing_file_is_reported_and_retried():
         assert "no such file" in source.status()["error"]
     finally:
         source.stop()
+
+
+def test_source_can_be_started_again_after_stop():
+    """The runtime restarts a pipeline that raised: close() then run() on the same object."""
+    source = FrameSource(camera(realtime=False))
+    last_seq = 0
+    for _ in range(2):
+        source.start()
+        try:
+            frame = source.read(0, timeout=5)
+            assert frame is not None and frame.seq > last_seq, source.status()
+            assert frame.t == 0.0  # the file starts again from its beginning
+            last_seq = source.read(frame.seq, timeout=5).seq
+        finally:
+            source.stop()
+        assert not source.alive

@@ -186,3 +186,23 @@ def jpeg_array(jpeg: bytes):
     import numpy as np
 
     return np.frombuffer(jpeg, np.uint8)
+
+
+def test_a_restarted_camera_closes_its_events_and_starts_afresh():
+    """What the supervisor does after run() raised: close(), then run() on the same object."""
+    cam = {"name": "cam1", "file": str(PEOPLE), "realtime": False}
+    ctx = RecordingContext(vision_config(cam))
+    [pipeline] = build_pipelines(ctx)
+    for attempt in range(2):
+        stop = threading.Event()
+        thread = threading.Thread(target=pipeline.run, args=(stop,))
+        thread.start()
+        try:
+            assert ctx.wait_for(lambda a=attempt: len(ctx.of("person", "start")) > 3 * a, 60)
+        finally:
+            stop.set()
+            thread.join(10)
+            pipeline.close()
+        starts, ends = ctx.of("person", "start"), ctx.of("person", "end")
+        assert sorted(e.data["ref"] for e in ends) == sorted(e.id for e in starts)
+    assert pipeline.source.opens == 2 and not pipeline.source.alive

@@ -117,6 +117,8 @@ class CameraPipeline(Pipeline):
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        if self.counters["frames"]:  # restarted by the supervisor after a failure
+            self._restart()
         self.source.start()
         last_seq = 0
         self.set_state("starting", "waiting for the first frame")
@@ -131,7 +133,9 @@ class CameraPipeline(Pipeline):
             self.process(frame)
 
     def close(self) -> None:
+        """Stop the capture; close the person and smoke events still open (the camera is off)."""
         self.source.stop()
+        self._close_open_events()
 
     def process(self, frame: Frame) -> None:
         """Analyse one frame: gate, detect, track, smoke, emit. Public for bench/vision.py."""
@@ -166,14 +170,27 @@ class CameraPipeline(Pipeline):
             self._smoke_state(cue, image, t)
         self.last_timings = timings
 
+    def _restart(self) -> None:
+        """Start the analysis afresh (close() already ended the open events)."""
+        self.finished.clear()
+        self.gate = MotionGate(self.cam.motion, self.regions)
+        if self.smoke is not None:
+            self.smoke = SmokeDetector(self.cam.smoke, self.regions)
+        self._last_detect_t = self._last_smoke_t = self._last_frame_t = None
+        self._smoke_ended_t = None
+        self._moving = False
+
     def end_of_stream(self) -> None:
         """A file without `loop` ended: close open events, then idle until stopped."""
+        self._close_open_events()
+        self.set_state("ok", "end of file")
+        self.finished.set()
+
+    def _close_open_events(self) -> None:
         t = self._last_frame_t or 0.0
         self._emit_person(self.tracker.flush(t), None)
         if self._smoke_ref is not None:
             self._end_smoke(t)
-        self.set_state("ok", "end of file")
-        self.finished.set()
 
     # --- decisions -------------------------------------------------------------------------
     def _detector_due(self, motion: Motion | None, t: float) -> bool:

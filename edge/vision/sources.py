@@ -62,6 +62,11 @@ class FrameSource:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()  # started again after stop(): the supervisor restarts pipelines
+        self.finished = False
+        with self._cond:
+            self._latest = None  # never hand out a frame from before the restart
+            self._taken_seq = self._seq
         self.started_at = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"capture-{self.cam.name}", daemon=True
