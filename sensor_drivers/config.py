@@ -41,6 +41,18 @@ class ModbusDevice(Section):
     profile: str = Field(description="register map: a name in sensor_drivers/profiles or a path")
     name: ShortName | None = Field(None, description="source prefix; default d<unit>, e.g. d01")
 
+    @field_validator("profile")
+    @classmethod
+    def _profile_loads(cls, name: str) -> str:
+        from edge.config import ConfigError
+        from sensor_drivers.modbus_profile import load_profile
+
+        try:
+            load_profile(name)
+        except ConfigError as exc:
+            raise ValueError("profile: " + "; ".join(exc.problems)) from None
+        return name
+
     @property
     def source(self) -> str:
         return self.name or f"d{self.unit:02d}"

@@ -77,7 +77,8 @@ class ModbusPortPipeline(Pipeline):
         self._commands: queue.Queue[tuple[str, list[str] | None, dict, threading.Event]] = (
             queue.Queue()
         )
-        self.crc_errors = 0
+        self.crc_errors = 0  # polls answered with bytes that were no valid frame
+        self._rx_seen = False
         self.alarms = 0
         # pymodbus logs every unanswered request as an error; here a silent detector is a
         # fault event (and one warning) instead of a line a second in the journal
@@ -100,11 +101,8 @@ class ModbusPortPipeline(Pipeline):
         )
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending and len(data) >= 4:
-            from pymodbus.framer import FramerRTU
-
-            if not FramerRTU.check_CRC(data[:-2], int.from_bytes(data[-2:], "big")):
-                self.crc_errors += 1
+        if not sending and data:
+            self._rx_seen = True  # something answered; if no valid frame came of it, it was noise
         return data
 
     def _connect(self) -> bool:
@@ -165,11 +163,14 @@ class ModbusPortPipeline(Pipeline):
             self.client = None
 
     def _poll(self, device: Device) -> None:
-        crc_before = self.crc_errors
+        self._rx_seen = False
         try:
             raw = self._read(device)
         except PollError as exc:
-            code = "crc" if self.crc_errors > crc_before and exc.code == "timeout" else exc.code
+            code = exc.code
+            if code == "timeout" and self._rx_seen:
+                code = "crc"  # bytes came back, but no frame whose CRC checks
+                self.crc_errors += 1
             self._failed(device, code, str(exc))
             return
         device.polls += 1
