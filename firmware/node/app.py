@@ -162,7 +162,7 @@ class Node:
             for index, value in values:
                 self.last_sent[index] = value
 
-    # --- receiving ----------------------------------------------------------------------------------
+    # --- receiving -------------------------------------------------------------------------
     def poll_uart(self):
         data = self.uart.read()
         if not data:

@@ -50,9 +50,9 @@ class _Uart:
 
     def __init__(self, spec, baud):
         if spec.startswith("fd:"):
-            self.file = open(int(spec[3:]), "r+b")
+            self.file = open(int(spec[3:]), "r+b")  # noqa: SIM115 (held for the run)
         else:
-            self.file = open(spec, "r+b")
+            self.file = open(spec, "r+b")  # noqa: SIM115
             attrs = termios.tcgetattr(self.file.fileno())
             termios.setraw(self.file.fileno())
             speed = getattr(termios, "B" + str(baud), attrs[4])
@@ -99,7 +99,7 @@ class UnixHal:
         self.inputs = inputs
         self.outputs = {}
         self._uart = None
-        self._stdin = open(0, "rb")
+        self._stdin = open(0, "rb")  # noqa: SIM115
         self._line = bytearray()
         self._stopped = False
         self._wait = select.poll()
@@ -149,10 +149,13 @@ class UnixHal:
     def wait(self, ms):
         """Sleep up to `ms`, waking early on UART input; serve control commands meanwhile."""
         uart = self._uart
-        if uart is not None and not self._uart_registered:
-            if time.ticks_diff(time.ticks_ms(), self._hup_until) >= 0:
-                self._wait.register(uart.file, select.POLLIN)
-                self._uart_registered = True
+        if (
+            uart is not None
+            and not self._uart_registered
+            and time.ticks_diff(time.ticks_ms(), self._hup_until) >= 0
+        ):
+            self._wait.register(uart.file, select.POLLIN)
+            self._uart_registered = True
         for obj, ev in self._wait.poll(ms):
             if obj is self._stdin or (hasattr(obj, "fileno") and obj.fileno() == 0):
                 self._control(ev)
