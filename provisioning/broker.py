@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.topics import GatewayTopics, district_filter
-from provisioning.fleet import FleetSettings
+from provisioning.fleet import FleetDir, FleetSettings
+
+if TYPE_CHECKING:
+    from edge.devbroker import MosquittoBroker
 
 ROLES = ("gateway", "receiver", "operator")
 
@@ -130,3 +135,29 @@ def render_mosquitto_conf(
             "",
         ]
     )
+
+
+def start_local_broker(fleet: FleetDir, workdir: Path) -> MosquittoBroker:
+    """The fleet's own mosquitto.conf, password file, ACL, certificates and CRL, loaded into a
+    private Mosquitto on free loopback ports (for the demo and the tests). The ports are set as
+    `cert_port` and `password_port` on the returned broker; `stop()` it when done."""
+    from edge.devbroker import MosquittoBroker, free_port, wait_for_port
+
+    cert_port, password_port = free_port(), free_port()
+    conf = render_mosquitto_conf(
+        fleet.settings(),
+        files_dir=str(fleet.broker_dir),
+        bind="127.0.0.1",
+        cert_port=cert_port,
+        password_port=password_port,
+    )
+    broker = MosquittoBroker(workdir, extra_conf=conf, plain_listener=False)
+    broker.start()
+    try:
+        for port in (cert_port, password_port):
+            wait_for_port(port, 10)
+    except TimeoutError:
+        broker.stop()
+        raise RuntimeError(f"mosquitto did not start:\n{broker.log()}") from None
+    broker.cert_port, broker.password_port = cert_port, password_port
+    return broker

@@ -13,11 +13,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from provisioning import pki
-from provisioning.broker import render_mosquitto_conf
+from provisioning.broker import start_local_broker
 from provisioning.enroll import Enroller
 from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file
 from provisioning.inventory import load
-from tests.mqtt_broker import MosquittoBroker, free_port, wait_for_port
 
 PASSPHRASE = b"a test passphrase, not a real one"
 
@@ -62,23 +61,8 @@ def copy_fleet(src: FleetDir, dst: Path) -> FleetDir:
 def fleet_broker(fleet: FleetDir, workdir: Path):
     """The fleet's own generated mosquitto.conf, password file, ACL, certificates and CRL, loaded
     into a private real Mosquitto on free loopback ports."""
-    cert_port, password_port = free_port(), free_port()
-    conf = render_mosquitto_conf(
-        fleet.settings(),
-        files_dir=str(fleet.broker_dir),
-        bind="127.0.0.1",
-        cert_port=cert_port,
-        password_port=password_port,
-    )
-    broker = MosquittoBroker(workdir, extra_conf=conf, plain_listener=False)
-    broker.start()
+    broker = start_local_broker(fleet, workdir)
     try:
-        for port in (cert_port, password_port):
-            try:
-                wait_for_port(port, 10)
-            except TimeoutError:
-                raise RuntimeError(f"mosquitto did not start:\n{broker.log()}") from None
-        broker.cert_port, broker.password_port = cert_port, password_port
         yield broker
     finally:
         broker.stop()
