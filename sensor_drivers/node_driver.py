@@ -23,6 +23,7 @@ UNITS = {"smoke": "%", "heat": "degC"}
 DUPLICATE_WINDOW_S = 60.0
 HELLO_REQUEST_EVERY_S = 5.0
 COMMAND_RETRY_S = 0.2
+COMMAND_EXPIRY_S = 5.0  # a command not acknowledged by then is given up
 READ_SLICE_S = 0.05
 
 
@@ -82,6 +83,7 @@ class _PendingCommand:
         self.command = command
         self.frame = np.encode(np.Message(np.COMMAND, node, seq, {"command": command}))
         self.sent_at = time.monotonic()
+        self.expires_at = self.sent_at + COMMAND_EXPIRY_S
         self.status: str | None = None
         self.done = threading.Event()
 
@@ -148,8 +150,12 @@ class NodePortPipeline(Pipeline):
         if self._port_fault:
             self._port_fault = False
             self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
-        for state in self.nodes.values():
-            state.hello_asked_at = -1e9  # whoever is there, tell us who you are
+        now = time.monotonic()
+        for state in list(self.nodes.values()):
+            # whoever is there: say who you are and send your values (pyserial dropped
+            # whatever arrived before the port was open)
+            state.hello_asked_at = now
+            self._send_command(state.node, "hello")
 
     def _port_down(self, why: str, reason: str) -> None:
         self.set_state("degraded", why)
@@ -312,7 +318,8 @@ class NodePortPipeline(Pipeline):
     def _resend_commands(self) -> None:
         now = time.monotonic()
         for key, pending in list(self._pending.items()):
-            if pending.done.is_set():
+            if pending.done.is_set() or now > pending.expires_at:
+                pending.done.set()
                 self._pending.pop(key, None)
             elif now - pending.sent_at >= COMMAND_RETRY_S:
                 pending.sent_at = now

@@ -186,8 +186,10 @@ class Node:
             elif name == "silence":
                 self.silenced = True
                 self.hal.note("silence")
-            elif name == "hello":
+            elif name == "hello":  # a gateway (re)connected: who we are, and values now
                 self.hello()
+                self.last_reading_ms = None
+                self.last_sent = {}
             self.update_sounder()
         if msg.node != np.NODE_BROADCAST:
             self.send(np.ACK, {"acked": msg.seq, "status": "ok"})
