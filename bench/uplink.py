@@ -1,10 +1,11 @@
 """Uplink benchmark (issue 2): alarm latency under load, backlog drain rate, gateway RSS.
 
-    .venv/bin/python bench/uplink.py            # full run, about 2 minutes
-    .venv/bin/python bench/uplink.py --quick    # smoke run of a few seconds (kept from rotting)
+    .venv/bin/python bench/uplink.py            # full run, about 2 min 15 s
+    .venv/bin/python bench/uplink.py --quick    # smoke run, about 10 s (keeps it from rotting)
 
 Everything runs against one private Mosquitto (edge.devbroker, plain listener, anonymous,
-persistence on so that a subscriber's session survives the outage). Each wardgate number is
+persistence on so that the subscriber's session survives the outage, but saved only at shutdown
+so that its periodic disk writes do not stall the broker mid-measurement). Each wardgate number is
 printed next to a baseline measured in the same run on the same broker:
 
 1. Alarm latency: time from just before `Gateway.emit(alarm)` (which returns once the alarm is
@@ -232,9 +233,9 @@ class Subscriber:
             target=_subscriber_main, args=(child, broker.host, broker.port), daemon=True
         )
         self.proc.start()
-        if not self.conn.poll(30) or (answer := self.conn.recv()) != "ready":
-            raise RuntimeError("the bench subscriber did not come up")
-        del answer
+        answer = self.conn.recv() if self.conn.poll(30) else "no answer in 30 s"
+        if answer != "ready":
+            raise RuntimeError(f"the bench subscriber did not come up: {answer}")
 
     def snapshot(self, reset: bool = False) -> dict[str, Any]:
         self.conn.send(("snapshot", reset))
@@ -760,6 +761,10 @@ def report(lat_gw, lat_plain, drain_gw, drain_plain_, rss, params: Params, quick
     print(
         "baselines: latency and drain = plain paho QoS 1 publisher (same payloads, same window);"
         " RSS = bare `python -c 'import paho.mqtt.client'`"
+    )
+    print(
+        "emit() return->receipt may be negative: the alarm is already on the wire while emit()"
+        " finishes (it also records the alarm for acknowledgement supervision)"
     )
     print(
         f"drain payloads: mean {drain_plain_.mean_payload:.0f} B CBOR "
