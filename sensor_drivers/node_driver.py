@@ -8,6 +8,7 @@ restored by its next frame. A lost port is a fault of its own, and is reopened w
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -25,6 +26,9 @@ HELLO_REQUEST_EVERY_S = 5.0
 COMMAND_RETRY_S = 0.2
 COMMAND_EXPIRY_S = 5.0  # a command not acknowledged by then is given up
 READ_SLICE_S = 0.05
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
 
 
 def node_label(node: int) -> str:
@@ -53,9 +57,12 @@ class NodeState:
         self.frames = 0
         self.duplicates = 0
 
-    def sensor_source(self, index: int) -> str:
+    def sensor_source(self, index: int, name: str = "") -> str:
+        """`n07/smoke`: the name the frame carries, else the one from the hello."""
         if index == np.NODE_SENSOR:
             return self.label
+        if name and _SAFE_NAME.match(name):
+            return f"{self.label}/{name}"
         if index < len(self.sensors):
             return f"{self.label}/{self.sensors[index][1]}"
         return f"{self.label}/s{index}"
@@ -218,14 +225,14 @@ class NodePortPipeline(Pipeline):
         if f["cause"] not in ("flame", "call_point"):
             data["value"] = _value(f["value"])
         self.alarms += 1
-        self.ctx.emit("alarm", state.sensor_source(f["sensor"]), data)
+        self.ctx.emit("alarm", state.sensor_source(f["sensor"], f["name"]), data)
 
     def _on_fault(self, state: NodeState, msg: np.Message) -> None:
         f = msg.fields
         key = (f["sensor"], f["code"])
         if f["active"] == (key in state.faults):
             return
-        source = state.sensor_source(f["sensor"])
+        source = state.sensor_source(f["sensor"], f["name"])
         if f["active"]:
             state.faults.add(key)
         else:

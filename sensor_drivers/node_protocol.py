@@ -221,6 +221,14 @@ def _unpack_str(payload, at):
         raise PayloadError("string is not UTF-8") from None
 
 
+def _only_str(payload, at):
+    """A string that must end the payload exactly."""
+    text, end = _unpack_str(payload, at)
+    if end != len(payload):
+        raise PayloadError("trailing bytes after the payload")
+    return text
+
+
 def _code(table, name, what):
     if name not in table:
         raise ProtocolError(f"unknown {what} {name!r}")
@@ -251,10 +259,11 @@ def encode_payload(mtype, fields):
         return out
     if mtype == ALARM:
         cause = _code(ALARM_CAUSE_CODES, f["cause"], "alarm cause")
-        return struct.pack("<BBi", f["sensor"], cause, f["value"])
+        return struct.pack("<BBi", f["sensor"], cause, f["value"]) + _pack_str(f["name"])
     if mtype == FAULT:
         code = _code(FAULT_CODE_CODES, f["code"], "fault code")
-        return struct.pack("<BBBi", f["sensor"], code, 1 if f["active"] else 0, f["value"])
+        active = 1 if f["active"] else 0
+        return struct.pack("<BBBi", f["sensor"], code, active, f["value"]) + _pack_str(f["name"])
     if mtype == HEARTBEAT:
         return struct.pack(
             "<IIIBH", f["uptime_s"], f["alarms"], f["faults"], f["flags"], f["crc_errors"]
@@ -306,14 +315,17 @@ def decode_payload(mtype, payload):
             values.append(list(struct.unpack("<Bi", payload[1 + 5 * i : 6 + 5 * i])))
         return {"values": values}
     if mtype == ALARM:
-        sensor, cause, value = _fixed(payload, "<BBi", 6)
+        sensor, cause, value = _fixed(payload[:6], "<BBi", 6)
+        name = _only_str(payload, 6)
         return {
             "sensor": sensor,
             "cause": _name(ALARM_CAUSES, cause, "alarm cause"),
             "value": value,
+            "name": name,
         }
     if mtype == FAULT:
-        sensor, code, active, value = _fixed(payload, "<BBBi", 7)
+        sensor, code, active, value = _fixed(payload[:7], "<BBBi", 7)
+        name = _only_str(payload, 7)
         if active > 1:
             raise PayloadError("fault active flag must be 0 or 1")
         return {
@@ -321,6 +333,7 @@ def decode_payload(mtype, payload):
             "code": _name(FAULT_CODES, code, "fault"),
             "active": active == 1,
             "value": value,
+            "name": name,
         }
     if mtype == HEARTBEAT:
         uptime_s, alarms, faults, flags, crc_errors = _fixed(payload, "<IIIBH", 15)

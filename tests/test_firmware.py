@@ -171,7 +171,13 @@ def test_a_node_with_bad_settings_boots_and_reports_a_config_fault(tmp_path):
             except BlockingIOError:
                 time.sleep(0.02)
         fault = next(m for m in got if m.type == np.FAULT)
-        assert fault.fields == {"sensor": 255, "code": "config", "active": True, "value": 0}
+        assert fault.fields == {
+            "sensor": 255,
+            "code": "config",
+            "active": True,
+            "value": 0,
+            "name": "",
+        }
         assert got[0].type == np.HELLO and got[0].fields["sensors"] == []
     finally:
         proc.stdin.close()

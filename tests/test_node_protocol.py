@@ -65,13 +65,15 @@ def test_soft_crc_matches_binascii():
 
 
 def test_smoke_alarm_frame_is_small():
-    msg = np.Message(np.ALARM, 7, 3, {"sensor": 0, "cause": "smoke", "value": 8200})
-    assert len(np.encode(msg)) <= 20  # about 1.7 ms of wire time at 115200 baud
+    fields = {"sensor": 0, "cause": "smoke", "value": 8200, "name": "smoke"}
+    assert len(np.encode(np.Message(np.ALARM, 7, 3, fields))) <= 24  # 2.1 ms at 115200 baud
 
 
 def test_encoder_rejects_what_it_cannot_send():
     with pytest.raises(np.ProtocolError):
-        np.encode(np.Message(np.ALARM, 7, 0, {"sensor": 0, "cause": "arson", "value": 0}))
+        np.encode(
+            np.Message(np.ALARM, 7, 0, {"sensor": 0, "cause": "arson", "value": 0, "name": ""})
+        )
     with pytest.raises(np.ProtocolError):
         np.encode(np.Message(np.READING, 7, 0, {"values": [[i, 0] for i in range(60)]}))
 
@@ -124,6 +126,7 @@ def messages(draw) -> np.Message:
             "sensor": draw(_node),
             "cause": draw(st.sampled_from(sorted(np.ALARM_CAUSE_CODES))),
             "value": draw(_i32),
+            "name": draw(_names),
         }
     elif kind == np.FAULT:
         fields = {
@@ -131,6 +134,7 @@ def messages(draw) -> np.Message:
             "code": draw(st.sampled_from(sorted(np.FAULT_CODE_CODES))),
             "active": draw(st.booleans()),
             "value": draw(_i32),
+            "name": draw(_names),
         }
     elif kind == np.HEARTBEAT:
         fields = {

@@ -272,7 +272,9 @@ def test_garbage_repeats_and_lost_acks():
         hello(peer)
         os.write(peer.master, b"\xff\x13line noise\x00\x00\x07")
         alarm = np.encode(
-            np.Message(np.ALARM, 7, 1, {"sensor": 0, "cause": "smoke", "value": 7700})
+            np.Message(
+                np.ALARM, 7, 1, {"sensor": 0, "cause": "smoke", "value": 7700, "name": "smoke"}
+            )
         )
         corrupt = bytearray(alarm)
         corrupt[5] ^= 0x20
@@ -301,7 +303,7 @@ def test_a_lost_alarm_frame_is_recovered_from_the_heartbeat():
         [event] = wait(r.ctx, lambda: events(r.ctx, "alarm"))
         assert event.source == "n07/smoke" and event.data == {"cause": "smoke", "via": "heartbeat"}
         # the alarm frame itself, repeated later, is the same latch: no second event
-        peer.send(np.ALARM, 2, sensor=0, cause="smoke", value=9000)
+        peer.send(np.ALARM, 2, sensor=0, cause="smoke", value=9000, name="smoke")
         peer.send(np.HEARTBEAT, 3, uptime_s=10, alarms=1, faults=0, flags=0, crc_errors=0)
         time.sleep(0.3)
         assert len(events(r.ctx, "alarm")) == 1
@@ -315,10 +317,10 @@ def test_a_rebooted_node_is_not_taken_for_repeats():
     r = Running(serial_ctx(peer.port)).wait_open()
     try:
         hello(peer, boot_id=1)
-        peer.send(np.ALARM, 1, sensor=0, cause="smoke", value=9000)
+        peer.send(np.ALARM, 1, sensor=0, cause="smoke", value=9000, name="smoke")
         wait(r.ctx, lambda: events(r.ctx, "alarm"))
         hello(peer, boot_id=2)  # power cycle: sequence numbers start again
-        peer.send(np.ALARM, 1, sensor=0, cause="smoke", value=9100)
+        peer.send(np.ALARM, 1, sensor=0, cause="smoke", value=9100, name="smoke")
         wait(r.ctx, lambda: len(events(r.ctx, "alarm")) == 2)
     finally:
         r.close()

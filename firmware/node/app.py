@@ -111,20 +111,27 @@ class Node:
             self.node_faults[code] = True
         else:
             self.node_faults.pop(code, None)
-        self.send(np.FAULT, {"sensor": np.NODE_SENSOR, "code": code, "active": active, "value": 0})
+        fields = {"sensor": np.NODE_SENSOR, "code": code, "active": active, "value": 0, "name": ""}
+        self.send(np.FAULT, fields)
 
     # --- events from sensors --------------------------------------------------------------------
     def on_event(self, sensor, event):
         if event[0] == "alarm":
             _, cause, value = event
-            seq = self.send(np.ALARM, {"sensor": sensor.index, "cause": cause, "value": value})
+            fields = {"sensor": sensor.index, "cause": cause, "value": value, "name": sensor.name}
+            seq = self.send(np.ALARM, fields)
             self.hal.note("alarm " + sensor.name + " " + cause + " seq=" + str(seq))
             self.silenced = False
         else:
             _, code, active, value = event
-            self.send(
-                np.FAULT, {"sensor": sensor.index, "code": code, "active": active, "value": value}
-            )
+            fields = {
+                "sensor": sensor.index,
+                "code": code,
+                "active": active,
+                "value": value,
+                "name": sensor.name,
+            }
+            self.send(np.FAULT, fields)
             self.hal.note("fault " + sensor.name + " " + code + " " + str(active))
 
     def sample(self, now):

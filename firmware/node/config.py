@@ -59,6 +59,15 @@ class ConfigError(ValueError):
     pass
 
 
+def _name_ok(name):
+    if not 1 <= len(name) <= 12 or not name[0].isalpha() and not name[0].isdigit():
+        return False
+    for ch in name:
+        if not (ch.isalpha() or ch.isdigit() or ch in "_-") or ord(ch) > 127:
+            return False
+    return True
+
+
 def _merge(defaults, given, where):
     out = {}
     for key in defaults:
@@ -106,8 +115,10 @@ def check(given):
         sensor = _merge(SENSOR_DEFAULTS[kind], given_sensor, where)
         sensor["kind"] = kind
         sensor["name"] = str(given_sensor.get("name", kind))
-        if not 1 <= len(sensor["name"]) <= 12:
-            raise ConfigError(where + ".name: 1 to 12 characters (it becomes the event source)")
+        if not _name_ok(sensor["name"]):
+            raise ConfigError(
+                where + ".name: 1 to 12 letters, digits, '_' or '-' (it becomes the event source)"
+            )
         if sensor["name"] in names:
             raise ConfigError(where + ".name: " + sensor["name"] + " is used twice")
         names.append(sensor["name"])

@@ -60,11 +60,51 @@ MESSAGES = [
     },
     {"type": "reading", "node": 7, "seq": 1, "values": [[0, 1250], [1, 2137]]},
     {"type": "reading", "node": 7, "seq": 2, "values": [[1, -1550]]},
-    {"type": "alarm", "node": 7, "seq": 3, "sensor": 0, "cause": "smoke", "value": 8200},
-    {"type": "alarm", "node": 7, "seq": 4, "sensor": 1, "cause": "heat", "value": 5800},
-    {"type": "alarm", "node": 7, "seq": 5, "sensor": 1, "cause": "heat_ror", "value": 1200},
-    {"type": "alarm", "node": 7, "seq": 6, "sensor": 2, "cause": "flame", "value": 100},
-    {"type": "alarm", "node": 0, "seq": 256, "sensor": 3, "cause": "call_point", "value": 100},
+    {
+        "type": "alarm",
+        "node": 7,
+        "seq": 3,
+        "sensor": 0,
+        "cause": "smoke",
+        "value": 8200,
+        "name": "smoke",
+    },
+    {
+        "type": "alarm",
+        "node": 7,
+        "seq": 4,
+        "sensor": 1,
+        "cause": "heat",
+        "value": 5800,
+        "name": "heat",
+    },
+    {
+        "type": "alarm",
+        "node": 7,
+        "seq": 5,
+        "sensor": 1,
+        "cause": "heat_ror",
+        "value": 1200,
+        "name": "heat",
+    },
+    {
+        "type": "alarm",
+        "node": 7,
+        "seq": 6,
+        "sensor": 2,
+        "cause": "flame",
+        "value": 100,
+        "name": "flame",
+    },
+    {
+        "type": "alarm",
+        "node": 0,
+        "seq": 256,
+        "sensor": 3,
+        "cause": "call_point",
+        "value": 100,
+        "name": "mcp",
+    },
     {
         "type": "fault",
         "node": 7,
@@ -73,6 +113,7 @@ MESSAGES = [
         "code": "open",
         "active": True,
         "value": -2147483648,
+        "name": "heat",
     },
     {
         "type": "fault",
@@ -82,6 +123,7 @@ MESSAGES = [
         "code": "open",
         "active": False,
         "value": 2137,
+        "name": "heat",
     },
     {
         "type": "fault",
@@ -91,6 +133,7 @@ MESSAGES = [
         "code": "internal",
         "active": True,
         "value": 0,
+        "name": "",
     },
     {
         "type": "heartbeat",
@@ -129,7 +172,7 @@ def rejects() -> list[dict]:
         {"why": "one bit flipped", "frame_hex": bytes(flipped).hex(), "error": "crc"},
         {
             "why": "crc off by one",
-            "frame_hex": np.cobs_encode(body(3, bytes(6), crc_delta=1)).hex(),
+            "frame_hex": np.cobs_encode(body(3, bytes(7), crc_delta=1)).hex(),
             "error": "crc",
         },
         {
@@ -149,7 +192,7 @@ def rejects() -> list[dict]:
         },
         {
             "why": "unknown alarm cause",
-            "frame_hex": np.cobs_encode(body(3, b"\x00\x09" + bytes(4))).hex(),
+            "frame_hex": np.cobs_encode(body(3, b"\x00\x09" + bytes(5))).hex(),
             "error": "payload",
         },
         {
