@@ -38,6 +38,7 @@ class AckSupervisor(Pipeline):
         self._db = sqlite3.connect(
             gateway.config.outbox.path, isolation_level=None, check_same_thread=False, timeout=30
         )
+        self._db.execute("PRAGMA synchronous=NORMAL")  # acks lost to a power cut: a late fault
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -46,14 +47,13 @@ class AckSupervisor(Pipeline):
         self._output_on: bool | None = None
         gateway.add_ack_listener(self.on_ack)
 
-    # called by the runtime for every committed alarm
-    def track(self, event: Event) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO pending_acks(event_id, source, committed_ms) "
-                "VALUES (?, ?, ?)",
-                (event.id_hex, event.source, event.time_ms),
-            )
+    @staticmethod
+    def tracking_statement(event: Event) -> tuple[str, tuple]:
+        """Committed by the outbox in the alarm's own transaction: tracked iff accepted."""
+        return (
+            "INSERT OR IGNORE INTO pending_acks(event_id, source, committed_ms) VALUES (?, ?, ?)",
+            (event.id_hex, event.source, event.time_ms),
+        )
 
     def on_ack(self, event_id: str, ack: dict[str, Any]) -> None:
         with self._lock:

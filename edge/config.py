@@ -59,7 +59,9 @@ class UplinkSection(Section):
     format: Literal["cbor", "json"] = "cbor"
     max_inflight: int = Field(64, ge=1, le=65535)
     backoff_initial_s: PositiveFloat = 0.5
-    backoff_max_s: PositiveFloat = 30.0
+    backoff_max_s: PositiveFloat = Field(
+        10.0, description="reconnect delay cap: an alarm raised in an outage waits at most this"
+    )
     event_expiry_s: int = Field(
         86400, ge=0, description="MQTT message expiry for non-critical events; 0 = none"
     )

@@ -1,16 +1,23 @@
-"""`wardgate demo`: the whole path on one machine, on built-in defaults.
+"""`wardgate demo`: the whole system on one machine, on built-in defaults.
 
-A private Mosquitto (password auth + the same per-gateway ACL shape a fleet uses), a gateway with
-a heartbeat and a test source, a `test-alarm` command sent to it, and a live view of everything
-that arrives at the broker, decoded.
+1. The provisioning tool enrolls a demo gateway: fleet CA, client certificate, broker accounts,
+   ACL, and the bundle a technician would flash.
+2. A private Mosquitto runs on the fleet's own broker files (TLS, client certificates, ACL).
+3. The gateway runs on the bundle's config (mutual TLS), with a camera fed from the bundled
+   pedestrian clip (person events with snapshots), a MicroPython sensor node on a pty (when the
+   firmware is present) that raises a smoke alarm, a heartbeat and a `test-alarm` command.
+4. A fire-brigade receiver acknowledges the alarms; a live view shows what the broker receives.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import ssl
 import tempfile
 import threading
 import time
+import tomllib
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -18,89 +25,127 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge import config as config_mod
-from edge.devbroker import MosquittoBroker
 from edge.events import decode_any
 from edge.topics import parse
 
 DEMO_GATEWAY = "demo-gw-01"
-DEMO_ACL = """\
-user viewer
-topic readwrite wg/#
+DEMO_DISTRICT = "demo"
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CLIP = REPO / "tests" / "data" / "vtest_people.mp4"
+INVENTORY = (
+    "id,district,ward,site_type,hw_serial,cameras,sensors,network\n"
+    f"{DEMO_GATEWAY},{DEMO_DISTRICT},ward-1,fire_point,100000000000d3e0,,,dhcp\n"
+)
 
-pattern write wg/v1/+/+/%u/#
-pattern read wg/v1/+/+/%u/cmd/#
-pattern read wg/v1/+/+/%u/ack
-"""
+
+def say(message: str) -> None:
+    print(f"== {message}", flush=True)
 
 
-def demo_config(broker: MosquittoBroker, workdir: Path) -> config_mod.Config:
-    password_file = workdir / "gateway.password"
-    password_file.write_text("demo-gateway-secret\n")
-    password_file.chmod(0o600)
-    return config_mod.from_dict(
-        {
-            "gateway": {"id": DEMO_GATEWAY, "district": "demo", "ward": "ward-1"},
-            "uplink": {
-                "host": broker.host,
-                "port": broker.port,
-                "username": DEMO_GATEWAY,
-                "password_file": str(password_file),
-                "keepalive_s": 10,
-            },
-            "outbox": {"path": str(workdir / "outbox.sqlite3")},
-            "health": {"heartbeat_s": 5},
-            "test_source": {"enabled": True, "interval_s": 2, "alarm_every_s": 20},
-        },
-        "<demo defaults>",
+def enroll_demo_fleet(root: Path):
+    """What a technician's `wardgate provision init` + `provision run` would produce."""
+    from provisioning import pki
+    from provisioning.enroll import Enroller
+    from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file
+    from provisioning.inventory import load
+
+    fleet = FleetDir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    passphrase = secrets.token_urlsafe(24).encode()
+    pki.save_ca(pki.create_ca("wardgate demo fleet CA", 30), fleet.ca_dir, passphrase)
+    text = FLEET_TOML_TEMPLATE.format(host="localhost", ca_name="wardgate demo fleet CA")
+    write_file(fleet.settings_path, text.replace("alt_names = []", 'alt_names = ["127.0.0.1"]'))
+    inventory = root / "inventory.csv"
+    inventory.write_text(INVENTORY)
+    Enroller(fleet, lambda: passphrase).run(load(inventory))
+    return fleet
+
+
+def gateway_config(fleet, broker, workdir: Path, node_port: str | None) -> config_mod.Config:
+    """The bundle's own config.toml, pointed at the local broker and this folder."""
+    etc = fleet.bundle(DEMO_GATEWAY) / "boot" / "wardgate" / "etc"
+    bundle_config = etc / "config.toml"
+    data: dict[str, Any] = tomllib.loads(bundle_config.read_text())
+    data["uplink"].update(
+        host="127.0.0.1",
+        port=broker.cert_port,
+        password_file=str(etc / "mqtt.password"),
+        keepalive_s=10,
     )
+    data["uplink"]["tls"] = {
+        "ca": str(etc / "tls" / "ca.crt"),
+        "cert": str(etc / "tls" / "gateway.crt"),
+        "key": str(etc / "tls" / "gateway.key"),
+    }
+    data["outbox"] = {"path": str(workdir / "outbox.sqlite3")}
+    data["health"] = {"heartbeat_s": 10}
+    data["test_source"] = {"enabled": True, "interval_s": 5}
+    data["alarm_ack"] = {"timeout_s": 10}
+    if DEMO_CLIP.exists():
+        data["vision"] = {
+            "cameras": [{"name": "lobby", "file": str(DEMO_CLIP), "loop": True, "fps": 5}]
+        }
+    if node_port is not None:
+        data["serial"] = demo_serial_section(node_port)
+    return config_mod.from_dict(data, bundle_config)
+
+
+def demo_serial_section(port: str) -> dict[str, Any]:
+    return {"nodes": [{"name": "n01", "port": port, "silent_after_s": 10}]}
 
 
 class LiveView:
-    """Subscribes to the whole tree and keeps the latest messages for display."""
+    """Everything the broker receives for the demo district, as an operator account sees it."""
 
-    def __init__(self, broker: MosquittoBroker, user: str, password: str) -> None:
-        self.rows: deque[tuple[str, str, str, str]] = deque(maxlen=18)
+    def __init__(self, host: str, port: int, ca: Path, user: str, password: str) -> None:
+        self.rows: deque[tuple[str, str, str, str]] = deque(maxlen=16)
         self.counts: dict[str, int] = {}
+        self.lines: deque[str] = deque()
         self.lock = threading.Lock()
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id="demo-viewer",
+            client_id="demo-operator",
             protocol=mqtt.MQTTv5,
         )
+        self.client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
         self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, *a: c.subscribe("wg/#", qos=1)
+        self.client.on_connect = lambda c, *a: c.subscribe(f"wg/v1/{DEMO_DISTRICT}/#", qos=1)
         self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(host, port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parts = parse(msg.topic) or {"leaf": msg.topic}
-        leaf = parts["leaf"]
+        leaf = (parse(msg.topic) or {"leaf": msg.topic})["leaf"]
         if leaf.startswith("snap/"):
-            summary = f"JPEG {len(msg.payload)} bytes"
+            summary = f"JPEG snapshot of event {(msg.properties.CorrelationData or b'').hex()[:8]}"
         else:
             try:
-                obj = decode_any(msg.payload)
-                summary = _summary(leaf, obj)
+                summary = _summary(decode_any(msg.payload))
             except Exception as exc:
                 summary = f"(undecodable: {exc})"
-        stamp = time.strftime("%H:%M:%S")
+        row = (time.strftime("%H:%M:%S"), leaf, f"{len(msg.payload)} B", summary)
         with self.lock:
             self.counts[leaf] = self.counts.get(leaf, 0) + 1
-            self.rows.append((stamp, leaf, f"{len(msg.payload)} B", summary))
+            self.rows.append(row)
+            self.lines.append("  ".join(row))
+
+    def take_lines(self) -> list[str]:
+        with self.lock:
+            out = list(self.lines)
+            self.lines.clear()
+            return out
 
     def render(self):
         from rich.table import Table
 
-        table = Table(title=f"wardgate demo: what the broker receives from {DEMO_GATEWAY}")
+        table = Table(title=f"what the broker receives from {DEMO_GATEWAY} (operator view)")
         for col in ("time", "topic", "size", "content"):
             table.add_column(col, overflow="fold")
         with self.lock:
             for row in self.rows:
-                style = "bold red" if row[1] == "evt/alarm" else None
-                table.add_row(*row, style=style)
+                table.add_row(*row, style="bold red" if row[1] == "evt/alarm" else None)
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
-        table.caption = f"received so far - {counts}"
+        table.caption = f"so far: {counts}"
         return table
 
     def stop(self) -> None:
@@ -108,64 +153,134 @@ class LiveView:
         self.client.disconnect()
 
 
-def _summary(leaf: str, obj: dict[str, Any]) -> str:
+def _summary(obj: dict[str, Any]) -> str:
     if "kind" in obj and "data" in obj:
         data = obj["data"]
         if obj["kind"] == "telemetry":
-            data = {k: data.get(k) for k in ("uptime_s", "load1", "rss_mb", "outbox", "evicted")}
-        return f"{obj['kind']} seq={obj.get('seq')} src={obj['source']} {json.dumps(data)}"[:160]
-    return json.dumps(obj)[:160]
+            data = {k: data.get(k) for k in ("uptime_s", "rss_mb", "outbox", "pipelines")}
+        return f"{obj['kind']} seq={obj.get('seq')} src={obj['source']} {json.dumps(data)}"[:170]
+    return json.dumps(obj)[:170]
 
 
 def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = False) -> int:
+    from edge.receiver import AlarmReceiver, ReceiverOptions
     from edge.runtime import Gateway
+    from provisioning.broker import start_local_broker
 
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="wardgate-demo-")
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = MosquittoBroker(
-        workdir / "broker",
-        users={DEMO_GATEWAY: "demo-gateway-secret", "viewer": "viewer-secret"},
-        acl=DEMO_ACL,
-    ).start()
-    print(f"private Mosquitto on 127.0.0.1:{broker.port} (config {broker.conf_path})")
-    gateway = Gateway(demo_config(broker, workdir))
-    view = LiveView(broker, "viewer", "viewer-secret")
+    say(f"enrolling {DEMO_GATEWAY} with the provisioning tool (fleet in {workdir / 'fleet'})")
+    fleet = enroll_demo_fleet(workdir / "fleet")
+    broker = start_local_broker(fleet, workdir / "broker")
+    say(
+        f"private Mosquitto on the fleet's files: 127.0.0.1:{broker.cert_port} (client "
+        f"certificates), :{broker.password_port} (passwords)"
+    )
+    node = start_demo_node(workdir)
+    cfg = gateway_config(fleet, broker, workdir, node.port if node else None)
+    gateway = Gateway(cfg)
     stop = threading.Event()
     runner = threading.Thread(target=gateway.run_forever, args=(stop,), daemon=True)
+    ca = fleet.ca_dir / "ca.crt"
+    accounts = fleet.accounts_dir
+    receiver = AlarmReceiver(
+        ReceiverOptions(
+            host="127.0.0.1",
+            port=broker.password_port,
+            username=f"rx-{DEMO_DISTRICT}",
+            password=(accounts / f"rx-{DEMO_DISTRICT}.password").read_text().strip(),
+            ca=ca,
+            district=DEMO_DISTRICT,
+            name="demo-brigade",
+            audit=workdir / "alarms.audit.jsonl",
+            supervision_s=30,
+        )
+    )
+    ops_password = (accounts / "ops.password").read_text().strip()
+    view = LiveView("127.0.0.1", broker.password_port, ca, "ops", ops_password)
+    receiver.start()
+    say(
+        f"gateway {DEMO_GATEWAY} starting: camera 'lobby' on {DEMO_CLIP.name}"
+        + (f", sensor node n01 on {node.port}" if node else "")
+    )
     runner.start()
-    # as an operator would: ask the gateway for a test alarm over the command topic
-    time.sleep(1.0)
-    view.client.publish(gateway.topics.cmd("test-alarm"), b'{"id": "demo-1"}', qos=1)
     deadline = time.monotonic() + duration if duration else None
+    script = _DemoScript(view, gateway, node)
     try:
         if plain:
-            shown = 0
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.5)
-                with view.lock:
-                    rows = list(view.rows)
-                total = sum(view.counts.values())
-                for row in rows[len(rows) - min(len(rows), total - shown) :]:
-                    print("  ".join(row), flush=True)
-                shown = total
+                script.step()
+                for line in view.take_lines():
+                    print(line, flush=True)
+            _print_alarms(receiver)
         else:
+            from rich.console import Group
             from rich.live import Live
 
-            with Live(view.render(), refresh_per_second=4) as live:
+            with Live(Group(view.render(), receiver.render()), refresh_per_second=2) as live:
                 while deadline is None or time.monotonic() < deadline:
-                    time.sleep(0.25)
-                    live.update(view.render())
+                    time.sleep(0.5)
+                    script.step()
+                    live.update(Group(view.render(), receiver.render()))
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
-        runner.join(15)
+        runner.join(20)
+        if node is not None:
+            node.stop()
+        receiver.stop()
         view.stop()
         broker.stop()
         if tmp is not None:
             tmp.cleanup()
-    print("demo stopped; received:", json.dumps(view.counts))
+    print("demo stopped; received:", json.dumps(view.counts, sort_keys=True))
     return 0
+
+
+def _print_alarms(receiver) -> None:
+    with receiver.lock:
+        rows = list(receiver.alarms.values())
+    for r in rows:
+        e = r.event
+        print(
+            f"receiver: alarm {e.data.get('cause')} from {r.site} {e.source} "
+            f"acked={'yes' if r.acked else 'no'} id={e.id_hex}",
+            flush=True,
+        )
+
+
+class _DemoScript:
+    """What happens on its own during the demo: an operator command, a smoke alarm at a node."""
+
+    def __init__(self, view: LiveView, gateway, node) -> None:
+        self.view, self.gateway, self.node = view, gateway, node
+        self.started = time.monotonic()
+        self.done: set[str] = set()
+
+    def step(self) -> None:
+        age = time.monotonic() - self.started
+        if age > 2 and "command" not in self.done:
+            self.done.add("command")
+            topic = self.gateway.topics.cmd("test-alarm")
+            self.view.client.publish(topic, b'{"id": "demo-1"}', qos=1)
+        if self.node is not None and age > 6 and "smoke" not in self.done:
+            self.done.add("smoke")
+            self.node.raise_smoke()
+
+
+def start_demo_node(workdir: Path):
+    """A MicroPython sensor node on a pty, if the firmware and `micropython` are available."""
+    try:
+        from firmware.unix_node import DemoNode
+    except ImportError:
+        return None
+    try:
+        return DemoNode.start(workdir / "node")
+    except (OSError, RuntimeError) as exc:
+        say(f"no sensor node in this demo: {exc}")
+        return None

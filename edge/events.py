@@ -288,7 +288,7 @@ def decode_any(payload: bytes) -> dict[str, Any]:
     """JSON view of any wardgate payload: events, and the JSON or CBOR objects of state,
     command replies and acknowledgements. Raises DecodeError for anything else."""
     try:
-        return decode(payload).to_json_dict()
+        return json.loads(decode(payload).to_json())  # bytes inside `data` become hex
     except DecodeError as exc:
         first_error = exc
     if payload.lstrip()[:1] == b"{":

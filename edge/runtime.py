@@ -88,14 +88,15 @@ class Gateway:
             severity=severity,
             gateway=self.config.gateway.id,
         )
+        also = ()
+        if event.kind is Kind.ALARM and self.ack_supervisor is not None:
+            also = (self.ack_supervisor.tracking_statement(event),)  # same commit, same fsync
         try:
-            committed = self.uplink.submit(event)
+            committed = self.uplink.submit(event, also)
         except OutboxError as exc:
             self._dropped += 1
             log.warning("%s", exc)
             return event
-        if committed.kind is Kind.ALARM and self.ack_supervisor is not None:
-            self.ack_supervisor.track(committed)
         if committed.kind in (Kind.ALARM, Kind.FAULT):
             log.warning(
                 "%s %s from %s: %s (id %s)",
@@ -125,16 +126,21 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------------
     def build_pipelines(self) -> list[Pipeline]:
         from edge.health import Heartbeat, TestSource
-        from edge.vision.pipeline import build_pipelines as vision_pipelines
-        from sensor_drivers.pipeline import build_pipelines as serial_pipelines
 
         pipelines: list[Pipeline] = [Heartbeat(self)]
         if self.ack_supervisor is not None:
             pipelines.append(self.ack_supervisor)
         if self.config.test_source.enabled:
             pipelines.append(TestSource(self))
-        pipelines += serial_pipelines(self)
-        pipelines += vision_pipelines(self)
+        # imported only when configured: the vision stack alone costs 30 MB (numpy, OpenCV)
+        if self.config.serial.ports:
+            from sensor_drivers.pipeline import build_pipelines as serial_pipelines
+
+            pipelines += serial_pipelines(self)
+        if any(camera.enabled for camera in self.config.vision.cameras):
+            from edge.vision.pipeline import build_pipelines as vision_pipelines
+
+            pipelines += vision_pipelines(self)
         if self._extra_pipelines is not None:
             pipelines += self._extra_pipelines(self)
         return pipelines

@@ -72,3 +72,11 @@ def test_decode_command_prints_json(tmp_path):
         [sys.executable, "-m", "edge.cli", "decode", "-"], input=b"\x00garbage", capture_output=True
     )
     assert bad.returncode == 1 and b"not a wardgate payload" in bad.stderr
+
+
+def test_decode_any_turns_bytes_in_data_into_hex():
+    from edge.events import decode_any
+
+    ref = fire_alarm().id
+    person = Event(Kind.PERSON, "cam/gate", {"ev": "end", "ref": ref}, gateway="gw")
+    assert decode_any(person.to_cbor())["data"]["ref"] == ref.hex()

