@@ -348,3 +348,36 @@ def test_port_open_is_exclusive_and_by_id_names_resolve(tmp_path):
         second.close()
         os.close(master)
         os.close(slave)
+
+
+def test_serial_monitor_prints_frames_and_acks(node):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "serial",
+            "monitor",
+            "--port",
+            str(node.link),
+            "--ack",
+            "--seconds",
+            "1.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.7)
+    node.press("mcp")
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    frames = [json.loads(line) for line in out.splitlines()]
+    alarm = next(f for f in frames if f["type"] == "alarm")
+    assert alarm["name"] == "mcp" and alarm["cause"] == "call_point"
+    assert sum(f["type"] == "alarm" for f in frames) == 1  # acked: not repeated
+    assert '"crc_errors": 0' in err
