@@ -90,8 +90,24 @@ def gateway_config(fleet, broker, workdir: Path, node_port: str | None) -> confi
     return config_mod.from_dict(data, bundle_config)
 
 
+DEMO_NODE = {
+    "node": 1,
+    "heartbeat_s": 2,
+    "sample_ms": 20,
+    "sensors": [
+        {"kind": "smoke", "name": "smoke", "pin": "smoke_adc"},
+        {"kind": "heat", "name": "heat", "pin": "heat_adc"},
+        {"kind": "call_point", "name": "mcp", "pin": "mcp_line", "input": "eol"},
+    ],
+}
+
+
 def demo_serial_section(port: str) -> dict[str, Any]:
-    return {"nodes": [{"name": "n01", "port": port, "silent_after_s": 10}]}
+    return {
+        "ports": [
+            {"name": "nodes1", "path": port, "protocol": "node", "nodes": [1], "silent_after_s": 10}
+        ]
+    }
 
 
 class LiveView:
@@ -180,7 +196,7 @@ def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = Fal
         f"certificates), :{broker.password_port} (passwords)"
     )
     node = start_demo_node(workdir)
-    cfg = gateway_config(fleet, broker, workdir, node.port if node else None)
+    cfg = gateway_config(fleet, broker, workdir, str(node.link) if node else None)
     gateway = Gateway(cfg)
     stop = threading.Event()
     runner = threading.Thread(target=gateway.run_forever, args=(stop,), daemon=True)
@@ -204,7 +220,7 @@ def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = Fal
     receiver.start()
     say(
         f"gateway {DEMO_GATEWAY} starting: camera 'lobby' on {DEMO_CLIP.name}"
-        + (f", sensor node n01 on {node.port}" if node else "")
+        + (f", MicroPython sensor node 1 on {node.port}" if node else "")
     )
     runner.start()
     deadline = time.monotonic() + duration if duration else None
@@ -232,7 +248,7 @@ def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = Fal
         stop.set()
         runner.join(20)
         if node is not None:
-            node.stop()
+            node.close()
         receiver.stop()
         view.stop()
         broker.stop()
@@ -270,17 +286,17 @@ class _DemoScript:
             self.view.client.publish(topic, b'{"id": "demo-1"}', qos=1)
         if self.node is not None and age > 6 and "smoke" not in self.done:
             self.done.add("smoke")
-            self.node.raise_smoke()
+            say("smoke rises at sensor node 1 (its optical smoke head reads 70 %; alarm at 50 %)")
+            self.node.set_smoke("smoke", 70.0)
 
 
 def start_demo_node(workdir: Path):
-    """A MicroPython sensor node on a pty, if the firmware and `micropython` are available."""
+    """The real node firmware under the MicroPython unix port, on a pty as on a USB adapter."""
+    from firmware.unix_node import UnixNode
+
+    node = UnixNode(DEMO_NODE, link=workdir / "by-id" / "usb-wardgate-node01", workdir=workdir)
     try:
-        from firmware.unix_node import DemoNode
-    except ImportError:
-        return None
-    try:
-        return DemoNode.start(workdir / "node")
-    except (OSError, RuntimeError) as exc:
+        return node.plug()
+    except (OSError, RuntimeError) as exc:  # e.g. no `micropython` binary: the rest still runs
         say(f"no sensor node in this demo: {exc}")
         return None

@@ -2,6 +2,9 @@
 
 One paho client per connection: after a disconnect, every unacknowledged row is sent again from
 the outbox in lane order, so nothing depends on paho's in-memory queue (which a crash loses).
+Each client runs paho's own network thread (loop_start): only then does paho queue writes from
+other threads for that thread; otherwise publish() writes to the socket in the calling thread,
+and concurrent writers corrupt a TLS stream (seen: "Protocol error" disconnects).
 Reconnects use capped exponential backoff with full jitter (the `backoff` package). The session
 is persistent (clean_start=False, a session expiry), so commands sent while we were away wait.
 """
@@ -59,6 +62,7 @@ class Uplink:
         self._wake = threading.Condition()
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
+        self._link_down = threading.Event()
         # guarded by _wake, which is never held while calling into paho (paho calls
         # on_publish with its own lock held: holding ours across publish() would deadlock)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
@@ -125,7 +129,6 @@ class Uplink:
     def stop(self, flush_timeout: float = 5.0) -> None:
         if self.connected and flush_timeout > 0:
             self.wait_drained(flush_timeout)
-        self._stop.set()
         client = self._client
         if client is not None and self.connected:
             # a clean goodbye: mark offline ourselves (DISCONNECT suppresses the will)
@@ -134,7 +137,7 @@ class Uplink:
                 info.wait_for_publish(2)
             except (RuntimeError, ValueError):
                 pass
-            client.disconnect()
+        self._stop.set()  # the connection thread now disconnects and stops paho's loop
         self.kick()
         for t in self._threads:
             t.join(5)
@@ -200,6 +203,7 @@ class Uplink:
                 props = _properties(
                     PacketTypes.CONNECT, SessionExpiryInterval=self.cfg.session_expiry_s
                 )
+                self._link_down.clear()
                 client.connect(
                     self.cfg.host,
                     self.cfg.port,
@@ -207,7 +211,14 @@ class Uplink:
                     clean_start=False,
                     properties=props,
                 )
-                client.loop_forever()
+                client.loop_start()
+                try:
+                    while not self._link_down.wait(0.5) and not self._stop.is_set():
+                        pass
+                finally:
+                    if self._stop.is_set() and self.connected:
+                        client.disconnect()
+                    client.loop_stop()
             except _SetupError as exc:
                 self._error(str(exc))
             except ssl.SSLCertVerificationError as exc:
@@ -249,6 +260,7 @@ class Uplink:
                     "or the client certificate)"
                 )
             self._error(f"broker refused the connection: {reason_code}{hint}")
+            self._link_down.set()
             return
         self._connections += 1
         self._connected_ok_once = True
@@ -275,6 +287,7 @@ class Uplink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        self._link_down.set()
         if not self._stop.is_set():
             log.warning("disconnected from broker: %s", reason_code)
 
