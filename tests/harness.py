@@ -93,6 +93,10 @@ class Watcher:
                     raise AssertionError(f"timed out waiting for {what}")
                 self.arrived.wait(min(left, 0.5))
 
+    def wait_for_events(self, kind: str, count: int = 1, timeout: float = 20.0) -> list[Event]:
+        self.wait_for(lambda: len(self.events(kind)) >= count, timeout, f"{count} {kind} event(s)")
+        return self.events(kind)
+
     def publish(self, topic: str, payload: bytes, **props: Any) -> None:
         properties = None
         if props:
