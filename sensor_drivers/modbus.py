@@ -14,10 +14,10 @@ import threading
 import time
 from typing import Any
 
-from edge.pipeline import Context, Pipeline
+from edge.pipeline import Context
 from sensor_drivers.config import ModbusDevice, PortSettings
 from sensor_drivers.modbus_profile import Flag, Profile, load_profile
-from sensor_drivers.port import Reconnector, describe_missing, resolve
+from sensor_drivers.port import PortPipeline, Reconnector, describe_missing, resolve
 from sensor_drivers.readings import ReadingGate
 
 MAX_REGISTERS = 125  # per read request (Modbus limit)
@@ -66,14 +66,11 @@ def _read_plan(profile: Profile) -> dict[str, tuple[int, int]]:
     return plan
 
 
-class ModbusPortPipeline(Pipeline):
+class ModbusPortPipeline(PortPipeline):
     def __init__(self, ctx: Context, settings: PortSettings, readings: ReadingGate) -> None:
-        super().__init__(f"serial-{settings.name}", ctx)
-        self.settings = settings
-        self.readings = readings
+        super().__init__(ctx, settings, readings)
         self.devices = [Device(d, load_profile(d.profile)) for d in settings.devices]
         self.client: Any = None
-        self._port_fault = False
         self._commands: queue.Queue[tuple[str, list[str] | None, dict, threading.Event]] = (
             queue.Queue()
         )
@@ -119,20 +116,6 @@ class ModbusPortPipeline(Pipeline):
             return False
         self._port_up(str(target))
         return True
-
-    def _port_up(self, where: str) -> None:
-        self.set_state("ok", where)
-        if self._port_fault:
-            self._port_fault = False
-            self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
-
-    def _port_down(self, why: str, reason: str) -> None:
-        self.set_state("degraded", why)
-        if not self._port_fault:
-            self._port_fault = True
-            self.ctx.emit(
-                "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
-            )
 
     # --- loop ----------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

@@ -13,10 +13,10 @@ import threading
 import time
 from typing import Any
 
-from edge.pipeline import Context, Pipeline
+from edge.pipeline import Context
 from sensor_drivers import node_protocol as np
 from sensor_drivers.config import PortSettings
-from sensor_drivers.port import PortError, PortLost, Reconnector, SerialPort
+from sensor_drivers.port import PortError, PortLost, PortPipeline, Reconnector, SerialPort
 from sensor_drivers.readings import ReadingGate
 
 UNITS = {"smoke": "%", "heat": "degC"}
@@ -95,11 +95,9 @@ class _PendingCommand:
         self.done = threading.Event()
 
 
-class NodePortPipeline(Pipeline):
+class NodePortPipeline(PortPipeline):
     def __init__(self, ctx: Context, settings: PortSettings, readings: ReadingGate) -> None:
-        super().__init__(f"serial-{settings.name}", ctx)
-        self.settings = settings
-        self.readings = readings
+        super().__init__(ctx, settings, readings)
         self.port = SerialPort(settings.path, settings.baud, settings.parity, settings.stopbits)
         self.decoder = np.Decoder()
         self.nodes: dict[int, NodeState] = {}
@@ -107,7 +105,6 @@ class NodePortPipeline(Pipeline):
         self._state_lock = threading.Lock()
         self._seq = 0
         self._pending: dict[tuple[int, int], _PendingCommand] = {}
-        self._port_fault = False
         self.acks_sent = 0
         self.alarms = 0
         started = time.monotonic()
@@ -130,7 +127,7 @@ class NodePortPipeline(Pipeline):
                     self._port_down(str(exc), exc.reason)
                     continue
                 reconnect.succeeded()
-                self._port_up()
+                self._on_port_open()
             try:
                 data = self.port.read(READ_SLICE_S)
                 if data:
@@ -151,26 +148,15 @@ class NodePortPipeline(Pipeline):
         for pending in list(self._pending.values()):
             pending.done.set()
 
-    def _port_up(self) -> None:
-        self.set_state("ok", f"{self.port.device}")
+    def _on_port_open(self) -> None:
+        self._port_up(f"{self.port.device}")
         self.decoder = np.Decoder()  # a half frame from before the loss means nothing now
-        if self._port_fault:
-            self._port_fault = False
-            self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
         now = time.monotonic()
         for state in list(self.nodes.values()):
             # whoever is there: say who you are and send your values (pyserial dropped
             # whatever arrived before the port was open)
             state.hello_asked_at = now
             self._send_command(state.node, "hello")
-
-    def _port_down(self, why: str, reason: str) -> None:
-        self.set_state("degraded", why)
-        if not self._port_fault:
-            self._port_fault = True
-            self.ctx.emit(
-                "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
-            )
 
     # --- frames from nodes ---------------------------------------------------------------------
     def _node(self, node: int, now: float) -> NodeState:

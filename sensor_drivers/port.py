@@ -10,8 +10,15 @@ from __future__ import annotations
 import errno
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import serial
+
+from edge.pipeline import Context, Pipeline
+
+if TYPE_CHECKING:
+    from sensor_drivers.config import PortSettings
+    from sensor_drivers.readings import ReadingGate
 
 BY_ID_DIR = Path("/dev/serial/by-id")
 
@@ -191,3 +198,28 @@ class Reconnector:
     def succeeded(self) -> None:
         self.delay = self.first_s
         self.next_at = 0.0
+
+
+class PortPipeline(Pipeline):
+    """A pipeline that owns one serial port (a node line or a Modbus bus). While the port is
+    missing, busy or lost, that is one `port` fault event, cleared when the port is back."""
+
+    def __init__(self, ctx: Context, settings: PortSettings, readings: ReadingGate) -> None:
+        super().__init__(f"serial-{settings.name}", ctx)
+        self.settings = settings
+        self.readings = readings
+        self._port_fault = False
+
+    def _port_up(self, where: str) -> None:
+        self.set_state("ok", where)
+        if self._port_fault:
+            self._port_fault = False
+            self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
+
+    def _port_down(self, why: str, reason: str) -> None:
+        self.set_state("degraded", why)
+        if not self._port_fault:
+            self._port_fault = True
+            self.ctx.emit(
+                "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
+            )
