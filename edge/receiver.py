@@ -84,6 +84,7 @@ class AlarmReceiver:
         self._webhook_queue: queue.Queue[dict[str, Any] | None] = queue.Queue(10_000)
         self._stop = threading.Event()
         self.connected = threading.Event()
+        self._session_present = False
         self.client = self._make_client()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class AlarmReceiver:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -141,9 +143,15 @@ class AlarmReceiver:
         if reason_code.is_failure:
             log.error("broker refused the receiver: %s", reason_code)
             return
+        self._session_present = bool(flags.session_present)
         client.subscribe(self._filters())
-        self.connected.set()
-        self._emit({"what": "connected", "session_present": bool(flags.session_present)})
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:  # e.g. an account that may not read `tele`: liveness then rests on `state`
+            log.info("some subscriptions refused by the broker: %s", refused)
+        self.connected.set()  # only now is every alarm from here on routed to us
+        self._emit({"what": "connected", "session_present": self._session_present})
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -293,6 +293,9 @@ def test_commands_answer_and_never_crash(tmp_path, broker, watcher):
     gw = make_gateway(tmp_path, broker)
     gw.start()
     try:
+        # the birth message follows the gateway's SUBSCRIBE on its connection: once it is
+        # seen, commands reach the gateway (before that, QoS 1 to nobody is dropped)
+        watcher.wait_for(lambda: _state_online(watcher) is True, what="online state")
         assert _command(watcher, "ping", b'{"id": "a"}', b"1")["result"]["pong"] is True
         status = _command(watcher, "status", b"", b"2")
         assert status["ok"] and "outbox" in status["result"] and "heartbeat" in str(status)
