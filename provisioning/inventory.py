@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from edge.topics import check_segment
 
@@ -23,7 +25,6 @@ OPTIONAL = ("cameras", "sensors", "network", "notes")
 COLUMNS = REQUIRED + OPTIONAL
 
 _HW_SERIAL = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.:-]{3,63}$")
-_PROFILE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _CAMERA_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "file://")
 
 
@@ -41,12 +42,41 @@ class Camera:
 
 
 @dataclasses.dataclass(frozen=True)
-class SensorLink:
-    """A serial port and the profile of what is on it (sensor_drivers/profiles)."""
+class Detector:
+    """A Modbus RTU detector on a bus: its unit id and register map (sensor_drivers/profiles)."""
 
-    port: str
+    unit: int
     profile: str
-    address: int | None = None
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorPort:
+    """One serial line of fire sensors; becomes a `[[serial.ports]]` table of the gateway config
+    (sensor_drivers/config.py). Line settings left as None take that table's defaults."""
+
+    name: str
+    path: str
+    protocol: str  # node | modbus
+    nodes: tuple[int, ...] = ()
+    devices: tuple[Detector, ...] = ()
+    baud: int | None = None
+    parity: str | None = None
+    stopbits: int | None = None
+
+    def config_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "path": self.path, "protocol": self.protocol}
+        for key in ("baud", "parity", "stopbits"):
+            if getattr(self, key) is not None:
+                entry[key] = getattr(self, key)
+        if self.nodes:
+            entry["nodes"] = list(self.nodes)
+        if self.devices:
+            entry["devices"] = [
+                {"unit": d.unit, "profile": d.profile, **({"name": d.name} if d.name else {})}
+                for d in self.devices
+            ]
+        return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +100,7 @@ class GatewayRow:
     site_type: str
     hw_serial: str
     cameras: tuple[Camera, ...] = ()
-    sensors: tuple[SensorLink, ...] = ()
+    sensors: tuple[SensorPort, ...] = ()
     network: Network = Network()
     notes: str = ""
 
@@ -270,28 +300,211 @@ def parse_cameras(cell: str) -> tuple[Camera, ...]:
     return tuple(cameras)
 
 
-def parse_sensors(cell: str) -> tuple[SensorLink, ...]:
-    """`port=profile[@address];...`, e.g. /dev/ttyUSB0=wardnode;/dev/ttyUSB1=modbus-panel@3."""
-    links = []
-    for item in _items(cell):
-        port, sep, rest = (part.strip() for part in item.partition("="))
-        if not sep or not rest:
-            raise ValueError(f"{item!r}: write sensors as port=profile, e.g. /dev/ttyUSB0=wardnode")
-        if not port.startswith("/dev/"):
-            raise ValueError(f"{item!r}: the port must be a device path such as /dev/ttyUSB0")
-        profile, at, address_text = rest.partition("@")
-        if not _PROFILE.match(profile):
-            raise ValueError(f"{item!r}: profile {profile!r} must be lower-case letters/digits/_.-")
-        address = None
-        if at:
-            if not address_text.isdigit() or not 1 <= int(address_text) <= 247:
-                raise ValueError(f"{item!r}: bus address must be 1..247, got {address_text!r}")
-            address = int(address_text)
-        link = SensorLink(port, profile, address)
-        if link in links:
-            raise ValueError(f"{item!r} is listed twice")
-        links.append(link)
-    return tuple(links)
+def parse_sensors(cell: str) -> tuple[SensorPort, ...]:
+    """`PORT=PROTOCOL WORD...;...`, one item per serial line (reference: docs/provisioning.md).
+
+    /dev/ttyUSB0=node 7 8                                    sensor nodes 7 and 8
+    usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0=node 7      the same, by /dev/serial/by-id name
+    /dev/ttyUSB1=modbus baud=9600 parity=E 1:smoke_heat 12:gas_lel:kitchen
+    /dev/ttyAMA0=wardnode                                    older spelling of `node`
+    """
+    items = _items(cell)
+    if not items:
+        return ()
+    from pydantic import ValidationError
+
+    from sensor_drivers.config import SerialConfig
+    from sensor_drivers.port import resolve
+
+    ports: list[SensorPort] = []
+    counts = dict.fromkeys(PORT_NAMES, 0)
+    paths: dict[Path, str] = {}
+    sources: dict[str, str] = {}
+    for item in items:
+        port = _parse_port(item, counts)
+        where = resolve(port.path)
+        if where in paths:
+            raise ValueError(
+                f"{item!r}: port {port.path} is already used by {paths[where]!r}; one item per "
+                "port, with all nodes or detectors of that line in it"
+            )
+        paths[where] = item
+        for source, what, fix in _sources(port):
+            if source in sources:
+                raise ValueError(f"{item!r}: {what} is already used by {sources[source]!r}; {fix}")
+            sources[source] = item
+        ports.append(port)
+    try:  # the gateway's own rules have the last word (never hit while the checks above agree)
+        SerialConfig.model_validate({"ports": [p.config_entry() for p in ports]})
+    except ValidationError as exc:
+        raise ValueError(f"not accepted as a gateway [serial] section: {exc}") from None
+    return tuple(ports)
+
+
+SENSORS_SYNTAX = (
+    "write PORT=node ID ID... or PORT=modbus [baud=N] [parity=N|E|O] UNIT:PROFILE[:NAME]..., "
+    "e.g. /dev/ttyUSB0=node 7 8 or /dev/ttyUSB1=modbus baud=9600 1:smoke_heat"
+)
+PROTOCOLS = {"node": "node", "wardnode": "node", "modbus": "modbus"}
+PORT_NAMES = {"node": "nodes", "modbus": "modbus"}  # nodes1, nodes2, modbus1, ...
+LINE_SETTINGS = {"node": ("baud",), "modbus": ("baud", "parity", "stopbits")}
+BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+_BY_ID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+def _parse_port(item: str, counts: dict[str, int]) -> SensorPort:
+    path, sep, spec = (part.strip() for part in item.partition("="))
+    if not sep or not spec.split():
+        raise ValueError(f"{item!r}: {SENSORS_SYNTAX}")
+    device_path = path.startswith("/dev/") and not any(c.isspace() for c in path)
+    by_id_name = _BY_ID_NAME.match(path) and not path.startswith("tty")
+    if not (device_path or by_id_name):
+        raise ValueError(
+            f"{item!r}: the port must be a device path such as /dev/ttyUSB0, or a name from "
+            "/dev/serial/by-id such as usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"
+        )
+    first, *words = spec.split()
+    if "@" in first:
+        profile, _, unit = first.partition("@")
+        raise ValueError(
+            f"{item!r}: the PORT=PROFILE@UNIT form is gone; a Modbus detector is UNIT:PROFILE "
+            f"on a modbus line: {path}=modbus {unit}:{profile}"
+        )
+    protocol = PROTOCOLS.get(first.lower())
+    if protocol is None:
+        raise ValueError(
+            f"{item!r}: {first!r} is not a protocol; use node (wardgate sensor nodes) or modbus "
+            "(Modbus RTU detectors on RS-485)"
+        )
+    settings: dict[str, Any] = {}
+    nodes: list[int] = []
+    devices: list[Detector] = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        if eq:
+            settings.update(_line_setting(item, protocol, key.lower(), value, settings))
+        elif protocol == "node":
+            nodes.append(_node_id(item, word, nodes))
+        else:
+            devices.append(_detector(item, word, devices))
+    if protocol == "modbus" and not devices:
+        raise ValueError(
+            f"{item!r}: a modbus line needs its detectors as UNIT:PROFILE, e.g. "
+            f"{path}=modbus 1:smoke_heat (profiles: {', '.join(_known_profiles())})"
+        )
+    counts[protocol] += 1
+    return SensorPort(
+        name=f"{PORT_NAMES[protocol]}{counts[protocol]}",
+        path=path,
+        protocol=protocol,
+        nodes=tuple(nodes),
+        devices=tuple(devices),
+        **settings,
+    )
+
+
+def _line_setting(
+    item: str, protocol: str, key: str, value: str, given: dict[str, Any]
+) -> dict[str, Any]:
+    allowed = LINE_SETTINGS[protocol]
+    if key not in allowed:
+        also = " only (nodes talk 8N1)" if protocol == "node" else ""
+        raise ValueError(
+            f"{item!r}: unknown line setting {key + '=' + value!r}; a {protocol} line takes "
+            f"{', '.join(k + '=' for k in allowed)}{also}"
+        )
+    if key in given:
+        raise ValueError(f"{item!r}: {key}= is given twice")
+    if key == "baud":
+        if not value.isdigit() or int(value) not in BAUD_RATES:
+            raise ValueError(
+                f"{item!r}: baud={value} is not a standard rate; use one of "
+                f"{', '.join(map(str, BAUD_RATES))} (as set on the device)"
+            )
+        return {"baud": int(value)}
+    if key == "parity":
+        parity = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
+        if value.lower() not in parity:
+            raise ValueError(f"{item!r}: parity={value}: use N (none), E (even) or O (odd)")
+        return {"parity": parity[value.lower()]}
+    if value not in ("1", "2"):
+        raise ValueError(f"{item!r}: stopbits={value}: use 1 or 2")
+    return {"stopbits": int(value)}
+
+
+def _node_id(item: str, word: str, nodes: list[int]) -> int:
+    if ":" in word:
+        raise ValueError(
+            f"{item!r}: {word!r} is a Modbus detector, but this is a node line; write "
+            "PORT=modbus UNIT:PROFILE for a Modbus bus"
+        )
+    if not word.isdigit() or not 0 <= int(word) <= 254:
+        raise ValueError(
+            f"{item!r}: node id {word!r} is not 0..254 (the `node` number in the node's node.json)"
+        )
+    if int(word) in nodes:
+        raise ValueError(f"{item!r}: node {int(word)} is listed twice")
+    return int(word)
+
+
+def _detector(item: str, word: str, devices: list[Detector]) -> Detector:
+    from pydantic import ValidationError
+
+    from sensor_drivers.config import ModbusDevice
+
+    parts = word.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        also = f" (a baud rate is written baud={word})" if word.isdigit() else ""
+        raise ValueError(
+            f"{item!r}: {word!r}: write a detector as UNIT:PROFILE or UNIT:PROFILE:NAME, e.g. "
+            f"1:smoke_heat or 12:gas_lel:kitchen{also}"
+        )
+    unit_text, profile, *named = parts
+    name = named[0] if named else None
+    if not unit_text.isdigit() or not 1 <= int(unit_text) <= 247:
+        raise ValueError(
+            f"{item!r}: {word!r}: unit id {unit_text!r} is not 1..247 (the detector's Modbus "
+            "address, as set on the detector)"
+        )
+    unit = int(unit_text)
+    if profile not in _known_profiles():
+        raise ValueError(
+            f"{item!r}: {word!r}: unknown Modbus profile {profile!r}; built in: "
+            f"{', '.join(_known_profiles())} (another detector model needs a profile of its own "
+            "in sensor_drivers/profiles, see docs/sensors.md)"
+        )
+    if any(d.unit == unit for d in devices):
+        raise ValueError(f"{item!r}: unit id {unit} is used twice on this bus")
+    try:
+        ModbusDevice(unit=unit, profile=profile, name=name)
+    except ValidationError as exc:
+        fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        if fields == {"name"}:
+            raise ValueError(
+                f"{item!r}: {word!r}: name {name!r} must be 1-12 letters, digits, '_' or '-' "
+                "(it starts the detector's event sources)"
+            ) from None
+        raise ValueError(f"{item!r}: {word!r}: {exc}") from None
+    return Detector(unit, profile, name)
+
+
+def _sources(port: SensorPort) -> list[tuple[str, str, str]]:
+    """The event source prefixes a port's devices take, which must differ on one gateway."""
+    from sensor_drivers.config import ModbusDevice
+    from sensor_drivers.node_driver import node_label
+
+    out = [(node_label(n), f"node {n}", "node ids must differ on one gateway") for n in port.nodes]
+    for d in port.devices:
+        source = ModbusDevice(unit=d.unit, profile=d.profile, name=d.name).source
+        out.append((source, f"detector source {source!r}", "name one: UNIT:PROFILE:NAME"))
+    return out
+
+
+@functools.cache
+def _known_profiles() -> tuple[str, ...]:
+    from sensor_drivers.modbus_profile import PROFILE_DIR
+
+    return tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
 
 
 def parse_network(cell: str) -> Network:

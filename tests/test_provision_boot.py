@@ -110,14 +110,12 @@ def test_fleet_config_overrides_reach_every_gateway(fleet):
         assert "heartbeat_s = 60.0" in text
 
 
-def test_cameras_go_into_the_config_and_sensors_into_the_sidecar(fleet):
+def test_cameras_go_into_the_config(fleet):
     from edge.config import load
 
     cfg = load(fleet.bundle("gw-b") / bundle.CONFIG)
     assert [(c.name, c.url) for c in cfg.vision.cameras] == [("gate", "rtsp://10.0.0.9/s1")]
-    sidecar = tomllib.loads((fleet.bundle("gw-a") / "boot/wardgate/etc/hardware.toml").read_text())
-    assert sidecar == {"sensors": [{"port": "/dev/ttyUSB0", "profile": "wardnode"}]}
-    assert not (fleet.bundle("gw-b") / "boot/wardgate/etc/hardware.toml").exists()
+    assert cfg.serial.ports == []  # serial sensors: tests/test_provision_enroll.py
 
 
 def test_installer_puts_wardgate_where_the_shipped_unit_runs_it(fleet):

@@ -30,6 +30,8 @@ from provisioning.registry import Registry
 from provisioning.verify import verify
 from tests.test_provision_support import (
     INVENTORY,
+    MODBUS_BUS,
+    NODE_LINE,
     PASSPHRASE,
     bundle_file,
     copy_fleet,
@@ -165,6 +167,108 @@ def test_cli_run_prints_no_secret(tmp_path, capsys, monkeypatch):
         secrets.append(key.splitlines()[1])
     for secret in secrets:
         assert secret not in printed
+
+
+# --- serial sensors ---------------------------------------------------------------------------
+
+
+def port_summary(port) -> dict:
+    return {
+        "name": port.name, "path": port.path, "protocol": port.protocol, "baud": port.baud,
+        "parity": port.parity, "stopbits": port.stopbits, "nodes": port.nodes,
+        "devices": [(d.unit, d.profile, d.source) for d in port.devices],
+    }  # fmt: skip
+
+
+def test_inventory_sensors_become_the_configs_serial_section(enrolled):
+    cfg = edge_config.load(enrolled.bundle("gw-a") / bundle.CONFIG)
+    assert [port_summary(p) for p in cfg.serial.ports] == [
+        {"name": "nodes1", "path": "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0",
+         "protocol": "node", "baud": 115200, "parity": "N", "stopbits": 1, "nodes": [7, 8],
+         "devices": []},
+        {"name": "modbus1", "path": "/dev/ttyUSB1", "protocol": "modbus", "baud": 9600,
+         "parity": "E", "stopbits": 1, "nodes": [],
+         "devices": [(1, "smoke_heat", "d01"), (12, "gas_lel", "kitchen")]},
+    ]  # fmt: skip
+    # the older `PORT=wardnode` spelling is a node line
+    cfg_c = edge_config.load(enrolled.bundle("gw-c") / bundle.CONFIG)
+    assert [port_summary(p) for p in cfg_c.serial.ports] == [
+        {"name": "nodes1", "path": "/dev/ttyAMA0", "protocol": "node", "baud": 115200,
+         "parity": "N", "stopbits": 1, "nodes": [], "devices": []},
+    ]  # fmt: skip
+    assert edge_config.load(enrolled.bundle("gw-b") / bundle.CONFIG).serial.ports == []
+    # config.toml holds them: no sidecar file any more
+    for gw in IDS:
+        assert not bundle_file(enrolled, gw, "hardware.toml").exists()
+        manifest = (enrolled.bundle(gw) / bundle.MANIFEST).read_text()
+        assert "hardware.toml" not in manifest
+
+
+def test_the_serial_section_is_real_toml_tables(enrolled):
+    """A technician reading config.toml sees the tables docs/sensors.md describes."""
+    text = (enrolled.bundle("gw-a") / bundle.CONFIG).read_text()
+    doc = tomllib.loads(text)
+    assert doc["serial"]["ports"][1]["devices"][1] == {
+        "unit": 12, "profile": "gas_lel", "name": "kitchen",
+    }  # fmt: skip
+    assert text.count("[[serial.ports]]") == 2
+
+
+def test_sensor_change_rebuilds_only_that_config(fleet):
+    key = bundle_file(fleet, "gw-a", "tls/gateway.key").read_bytes()
+    original = (fleet.bundle("gw-a") / bundle.CONFIG).read_bytes()
+    before = snapshot(fleet.root)
+    changed = INVENTORY.replace(MODBUS_BUS, MODBUS_BUS + " 3:smoke_heat:hall")
+    report = run(fleet, changed)
+    assert [row.id for row, _ in report.plan.update] == ["gw-a"]
+    assert report.broker_changed == []  # sensors are no business of the broker
+    ports = edge_config.load(fleet.bundle("gw-a") / bundle.CONFIG).serial.ports
+    assert [d.source for d in ports[1].devices] == ["d01", "kitchen", "hall"]
+    assert bundle_file(fleet, "gw-a", "tls/gateway.key").read_bytes() == key
+    after = snapshot(fleet.root)
+    touched = {path for path in after if before.get(path) != after[path]}
+    assert touched and all(p.startswith(("bundles/gw-a/", "bundles/gw-a.tar.gz")) for p in touched)
+    # and back: the same bytes as the first build, then a rerun touches nothing
+    run(fleet, INVENTORY)
+    assert (fleet.bundle("gw-a") / bundle.CONFIG).read_bytes() == original
+    settled = snapshot(fleet.root)
+    run(fleet, INVENTORY)
+    assert snapshot(fleet.root) == settled
+
+
+def test_a_sidecar_from_an_older_build_is_removed(fleet):
+    """Bundles built before config.toml had [serial] carried etc/hardware.toml."""
+    sidecar = bundle_file(fleet, "gw-c", "hardware.toml")
+    sidecar.write_text('[[sensors]]\nport = "/dev/ttyAMA0"\nprofile = "wardnode"\n')
+    reg = Registry(fleet.registry_path)
+    try:
+        with reg.transaction():
+            reg.db.execute("UPDATE gateways SET build_digest = 'older build' WHERE id = 'gw-c'")
+    finally:
+        reg.close()
+    report = run(fleet)
+    assert [row.id for row, _ in report.plan.update] == ["gw-c"]
+    assert not sidecar.exists()
+    assert "hardware.toml" not in (fleet.bundle("gw-c") / bundle.MANIFEST).read_text()
+    assert verify(fleet.bundle("gw-c"), connect=False).ok
+
+
+def test_bad_sensors_stop_the_run_before_anything_is_written(fleet, capsys, monkeypatch):
+    before, db_before = snapshot(fleet.root), registry_dump(fleet)
+    bad = INVENTORY.replace(NODE_LINE, "/dev/ttyUSB1=node 7")  # the Modbus bus's port
+    bad = bad.replace("1:smoke_heat", "1:smoke_heta")
+    (fleet.root / "inventory.csv").write_text(bad)
+    monkeypatch.setenv("WARDGATE_CA_PASSPHRASE", PASSPHRASE.decode())
+    argv = ["provision", "run", str(fleet.root), "-i", str(fleet.root / "inventory.csv")]
+    assert wardgate(argv) != 0
+    err = capsys.readouterr().err
+    assert "inventory.csv:2:7: sensors: '/dev/ttyUSB1=modbus baud=9600 parity=E " in err
+    assert "unknown Modbus profile 'smoke_heta'; built in: gas_lel, smoke_heat" in err
+    assert snapshot(fleet.root) == before and registry_dump(fleet) == db_before
+    (fleet.root / "inventory.csv").write_text(bad.replace("1:smoke_heta", "1:smoke_heat"))
+    assert wardgate(argv) != 0
+    assert "port /dev/ttyUSB1 is already used by '/dev/ttyUSB1=node 7'" in capsys.readouterr().err
+    assert snapshot(fleet.root) == before
 
 
 # --- reruns -----------------------------------------------------------------------------------

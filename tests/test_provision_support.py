@@ -20,11 +20,14 @@ from provisioning.inventory import load
 
 PASSPHRASE = b"a test passphrase, not a real one"
 
-INVENTORY = """\
+#: gw-a: a node line (by-id name) and a Modbus bus; gw-c: the older `wardnode` spelling
+NODE_LINE = "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0=node 7 8"
+MODBUS_BUS = "/dev/ttyUSB1=modbus baud=9600 parity=E 1:smoke_heat 12:gas_lel:kitchen"
+INVENTORY = f"""\
 id,district,ward,site_type,hw_serial,cameras,sensors,network
-gw-a,d01,w1,fire_point,10000000000000a1,,/dev/ttyUSB0=wardnode,dhcp
+gw-a,d01,w1,fire_point,10000000000000a1,,{NODE_LINE};{MODBUS_BUS},dhcp
 gw-b,d01,w2,police_post,10000000000000b2,gate=rtsp://10.0.0.9/s1,,dhcp
-gw-c,d02,w1,fire_point,10000000000000c3,,,ip=10.2.1.5/24;gw=10.2.1.1;dns=10.2.1.1
+gw-c,d02,w1,fire_point,10000000000000c3,,/dev/ttyAMA0=wardnode,ip=10.2.1.5/24;gw=10.2.1.1;dns=10.2.1.1
 """
 
 
