@@ -25,6 +25,7 @@ from provisioning import boot, bundle, pki
 from provisioning.broker import (
     Account,
     GatewayEntry,
+    operator_commands,
     render_acl,
     render_mosquitto_conf,
     wanted_accounts,
@@ -512,6 +513,7 @@ class Enroller:
             self.settings.broker.topic_prefix,
             gateways,
             [Account(a.name, a.role, a.districts) for a in accounts],
+            operator_commands(self.settings),
         )
         return [
             ("ca.crt", self._ca_pem, 0o644),

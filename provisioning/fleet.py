@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from edge.confbase import Section, TopicSegment
 from edge.topics import DEFAULT_PREFIX
@@ -76,12 +76,25 @@ class OperatorAccount(Section):
         return value
 
 
+def _command_name(name: str) -> str:
+    if name == "res":
+        raise ValueError("cmd/res carries the gateways' answers; it is not a command")
+    return name
+
+
+CommandName = Annotated[TopicSegment, AfterValidator(_command_name)]
+
+
 class AccountSettings(Section):
     password_iterations: int = Field(DEFAULT_ITERATIONS, ge=1, le=MAX_ITERATIONS)
     gateway_passwords: bool = Field(True, description="also give each gateway a password")
     receiver_per_district: bool = Field(True, description="an `rx-<district>` account each")
     receiver: list[ReceiverAccount] = Field(default_factory=list)
     operator: list[OperatorAccount] = Field(default_factory=lambda: [OperatorAccount(name="ops")])
+    extra_commands: list[CommandName] = Field(
+        default_factory=list,
+        description="commands operators may send besides the built-in ones (broker.COMMANDS)",
+    )
 
 
 class DeviceSettings(Section):
@@ -125,6 +138,7 @@ crl_days = 30                # re-run `wardgate provision crl` before this runs 
 [accounts]
 password_iterations = 101    # see docs/provisioning.md, "Password hashes"
 receiver_per_district = true # rx-<district>: reads that district's alarms and faults
+# extra_commands = []        # commands operators may send besides the gateway's built-in ones
 
 [[accounts.operator]]
 name = "ops"

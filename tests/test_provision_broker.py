@@ -7,6 +7,7 @@ import ssl
 
 import pytest
 
+from provisioning.broker import COMMANDS
 from provisioning.verify import verify
 from tests.test_provision_support import (
     Peer,
@@ -22,9 +23,16 @@ B = "wg/v1/d01/w2/gw-b"
 C = "wg/v1/d02/w1/gw-c"
 
 
+EXTRA_COMMAND = "fw-update"  # one a newer gateway might answer, granted in fleet.toml
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     fleet = make_fleet(tmp_path_factory.mktemp("fleet"))
+    text = fleet.settings_path.read_text()
+    assert "# extra_commands = []" in text
+    text = text.replace("# extra_commands = []", f'extra_commands = ["{EXTRA_COMMAND}"]')
+    fleet.settings_path.write_text(text)
     run(fleet)
     return fleet
 
@@ -107,9 +115,9 @@ def test_gateway_reads_its_commands_and_not_anothers(fleet, broker, peers):
     gw_b.subscribe(f"{B}/cmd/#")
     ops = connect(peers, fleet, broker.password_port, username="ops",
                   password=account_password(fleet, "ops"))  # fmt: skip
-    assert ops.publish(f"{B}/cmd/reboot", b"for-b").is_failure is False
+    assert ops.publish(f"{B}/cmd/status", b"for-b").is_failure is False
     assert ops.publish(f"{A}/cmd/ping", b"for-a").is_failure is False
-    assert gw_b.received() == [(f"{B}/cmd/reboot", b"for-b")]
+    assert gw_b.received() == [(f"{B}/cmd/status", b"for-b")]
     assert set(gw_a.received(0.3)) == {(f"{A}/cmd/ping", b"for-a")}
 
 
@@ -121,9 +129,85 @@ def test_receiver_acks_in_its_district_only_and_cannot_command(fleet, broker, pe
     rx1 = connect(peers, fleet, broker.password_port, username="rx-d01",
                   password=account_password(fleet, "rx-d01"))  # fmt: skip
     assert rx2.publish(f"{A}/ack", b"wrong-district").is_failure
-    assert rx1.publish(f"{A}/cmd/reboot", b"not-an-operator").is_failure
+    assert rx1.publish(f"{A}/cmd/test-alarm", b"not-an-operator").is_failure
     assert rx1.publish(f"{A}/ack", b"ack-1").is_failure is False
     assert gw_a.received() == [(f"{A}/ack", b"ack-1")]
+
+
+def test_operators_send_every_command_but_cannot_forge_answers(fleet, broker, peers):
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_a.subscribe(f"{A}/cmd/#")  # what the gateway subscribes (cmd/res included)
+    ops = connect(peers, fleet, broker.password_port, username="ops",
+                  password=account_password(fleet, "ops"))  # fmt: skip
+    ops.subscribe(f"{A}/cmd/res")
+    # (a refused publish makes mosquitto 2.0.11 hold the next PUBACK ~1 s: refusals go last)
+    for name in (*COMMANDS, EXTRA_COMMAND):
+        assert ops.publish(f"{A}/cmd/{name}", name.encode()).is_failure is False, name
+    assert gw_a.received() == [(f"{A}/cmd/{n}", n.encode()) for n in (*COMMANDS, EXTRA_COMMAND)]
+    answer = (f"{A}/cmd/res", b'{"cmd":"ping","ok":true}')
+    assert gw_a.publish(*answer).is_failure is False
+    assert ops.received() == [answer]  # operators read the answers...
+    assert gw_a.received(0.3) == [answer]  # (the gateway sees its own; edge/runtime skips it)
+    forged = ops.publish(f"{A}/cmd/res", b'{"cmd":"ping","ok":true,"forged":1}')
+    assert forged.is_failure, f"an operator wrote a gateway's answer ({forged})"
+    assert ops.publish(f"{A}/cmd/reboot", b"not a command").is_failure
+    assert ops.received(0.5) == [] and gw_a.received(0.3) == []
+
+
+def test_the_acl_grants_exactly_the_commands_a_gateway_answers(tmp_path):
+    """A command added to the gateway without adding it to broker.COMMANDS fails here."""
+    from edge.config import from_dict
+    from edge.runtime import Gateway
+    from provisioning.inventory import parse_sensors
+    from tests.test_provision_support import MODBUS_BUS, NODE_LINE
+
+    ports = parse_sensors(f"{NODE_LINE};{MODBUS_BUS}")
+    config = from_dict(
+        {
+            "gateway": {"id": "gw-a", "district": "d01", "ward": "w1"},
+            "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+            "serial": {"ports": [p.config_entry() for p in ports]},
+        }
+    )
+    gateway = Gateway(config)
+    try:
+        pipelines = gateway.build_pipelines()  # built, not run: no port is opened
+        assert {p.name for p in pipelines} >= {"serial-nodes1", "serial-modbus1"}
+        assert sorted(gateway._commands) == sorted(COMMANDS)
+    finally:
+        gateway.outbox.close()
+
+
+def test_no_write_grant_covers_cmd_res_and_extra_commands_cannot_name_it(fleet, tmp_path):
+    from paho.mqtt.client import topic_matches_sub
+
+    from provisioning.fleet import FleetError, load_settings
+
+    writes: dict[str, list[str]] = {}
+    for line in (fleet.broker_dir / "acl").read_text().splitlines():
+        if line.startswith("user "):
+            user = writes.setdefault(line.split()[1], [])
+        elif line.startswith("topic write "):
+            user.append(line.split()[2])
+    answers = [f"{base}/cmd/res" for base in (A, B, C)]
+    may_answer = {
+        user: [t for t in answers if any(topic_matches_sub(g, t) for g in grants)]
+        for user, grants in writes.items()
+    }
+    assert may_answer == {
+        "gw-a": [f"{A}/cmd/res"], "gw-b": [f"{B}/cmd/res"], "gw-c": [f"{C}/cmd/res"],
+        "ops": [], "rx-d01": [], "rx-d02": [],
+    }  # fmt: skip
+    path = tmp_path / "fleet.toml"
+    for bad, why in (
+        ('["res"]', "cmd/res carries the gateways' answers"),
+        ('["#"]', "not a valid topic segment"),
+        ('["sensor/reset"]', "not a valid topic segment"),
+    ):
+        path.write_text(f'[broker]\nhost = "x"\n[accounts]\nextra_commands = {bad}\n')
+        with pytest.raises(FleetError, match="accounts.extra_commands") as info:
+            load_settings(path)
+        assert why in str(info.value) and "fleet.toml:4:" in str(info.value)
 
 
 def test_passwords_hashed_by_us_are_accepted_and_wrong_ones_refused(fleet, broker, peers):
