@@ -17,6 +17,11 @@ import re
 from edge.events import Kind
 
 DEFAULT_PREFIX = "wg/v1"
+
+#: The commands a gateway answers on cmd/<name> (docs/topics.md): the runtime's built-ins and
+#: the serial pipelines'. The broker ACL grants operators exactly these; a command added to the
+#: gateway must be added here (tests/test_provision_broker.py fails until it is).
+GATEWAY_COMMANDS = ("ping", "status", "test-alarm", "reload", "sensor_reset", "sensor_silence")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

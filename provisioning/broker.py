@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.topics import GatewayTopics, district_filter
+from edge.topics import GATEWAY_COMMANDS, GatewayTopics, district_filter
 from provisioning.fleet import FleetDir, FleetSettings
 
 if TYPE_CHECKING:
@@ -25,13 +25,11 @@ if TYPE_CHECKING:
 
 ROLES = ("gateway", "receiver", "operator")
 
-#: The commands a gateway answers: edge/runtime.py's built-ins and sensor_drivers/pipeline.py's.
 #: Operators are granted write on exactly these `cmd/<name>` topics, not on `cmd/#`: Mosquitto's
 #: ACL cannot take one topic (cmd/res, the gateways' answers) out of a write grant without also
-#: taking it out of the operators' reads (`topic deny` denies both). A command added to the
-#: gateway must be added here (tests/test_provision_broker.py fails until it is), or per fleet
-#: in fleet.toml `[accounts] extra_commands`.
-COMMANDS = ("ping", "status", "test-alarm", "reload", "sensor_reset", "sensor_silence")
+#: taking it out of the operators' reads (`topic deny` denies both). A fleet can grant newer
+#: commands in fleet.toml `[accounts] extra_commands`.
+COMMANDS = GATEWAY_COMMANDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ def modbus_ctx(path: str, devices: list[dict], **port) -> RecordingContext:
         "path": path,
         "protocol": "modbus",
         "baud": 115200,
+        "parity": "N",  # as the simulator (Modbus RTU itself defaults to 19200 8E1)
         "poll_s": 0.1,
         "timeout_s": 0.1,
         "retries": 0,

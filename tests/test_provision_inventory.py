@@ -324,7 +324,8 @@ def test_any_valid_cell_becomes_the_serial_section_it_says(lines):
         assert (port.path, port.protocol) == (line["path"], line["protocol"])
         assert port.nodes == line.get("nodes", [])
         assert [(d.unit, d.profile, d.name) for d in port.devices] == line.get("devices", [])
-        assert port.baud == (line["baud"] or 115200)
-        assert port.parity == (line.get("parity") or "N")
+        modbus = line["protocol"] == "modbus"  # Modbus RTU defaults 19200 8E1, nodes 115200 8N1
+        assert port.baud == (line["baud"] or (19200 if modbus else 115200))
+        assert port.parity == (line.get("parity") or ("E" if modbus else "N"))
         assert port.stopbits == (line.get("stopbits") or 1)
     assert parse_sensors(cell) == ports  # the same cell, the same ports
