@@ -440,7 +440,11 @@ def node_alarm(rig: Rig, label: str, result: PathResult) -> None:
         result.latencies_ms.append((arrival.t_ns - edge.t_ns) / 1e6)
         result.press_to_edge_ms.append((edge.t_ns - t_press) / 1e6)
         # the alarm can be on the wire before emit() has returned (and been stamped)
-        stamp = rig.sub.wait(lambda: rig.emits.get(arrival.event_id), 2)
+        stamp = rig.emits.get(arrival.event_id)
+        deadline = time.monotonic() + 2
+        while stamp is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
+            stamp = rig.emits.get(arrival.event_id)
         if stamp is not None:
             result.to_emit_ms.append((stamp[0] - edge.t_ns) / 1e6)
             result.emit_ms.append((stamp[1] - stamp[0]) / 1e6)
