@@ -106,6 +106,8 @@ GATEWAY_ID = "bench-fire"
 DIRECT_SOURCE = "bench/direct"
 SENSOR = {"kind": "call_point", "name": "mcp", "pin": "mcp", "debounce": 1}
 SAMPLE_MS = 5
+NODE_PRIORITY = 10  # SCHED_FIFO priorities of the hardware stand-ins
+LINE_PRIORITY = 20
 SPIN_NS = 300_000  # the paced line wakes this early and spins to the exact moment
 RELEASE_SETTLE_S = 0.02  # 4 node samples: the release is seen before the reset re-arms the latch
 
@@ -139,16 +141,18 @@ def wire_ms(n_bytes: float, baud: int) -> float:
     return n_bytes * BITS_PER_BYTE / baud * 1000
 
 
-def hardware_priority(pid: int) -> bool:
+def hardware_priority(pid: int, priority: int = NODE_PRIORITY) -> bool:
     """Real-time priority for what stands in for hardware (the nodes, the paced line).
 
     A node is a microcontroller of its own, but here it shares two cores with the gateway: its
     frame write wakes the gateway, which could preempt it before it stamps its edge, so the
     stamp would come late and the latency look shorter than it is. SCHED_FIFO keeps the node
-    running until it sleeps again (its loop uses ~3 % of a core, so it starves nobody).
+    running until it sleeps again (its loop uses ~3 % of a core, so it starves nobody). The
+    paced line ranks above the nodes: a node busy in its garbage collector must not hold a
+    frame of the other node back on the line.
     """
     try:
-        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
         return True
     except (OSError, AttributeError):
         return False
@@ -281,7 +285,7 @@ def _relay_main(conn: Any, node_port: str, link: str, baud: int) -> None:
     lands the write on time (a fraction of a millisecond per chunk, not a core).
     """
     byte_ns = BITS_PER_BYTE * 10**9 // baud
-    realtime = hardware_priority(0)  # a UART does not queue for a CPU behind the gateway
+    realtime = hardware_priority(0, LINE_PRIORITY)  # a UART does not queue for a CPU
     node_fd = os.open(node_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     gw_master, gw_slave = os.openpty()
     tty.setraw(gw_slave)  # held open: the gateway's side never looks hung up, as a wire
