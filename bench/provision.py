@@ -1,6 +1,6 @@
 """Bulk enrollment speed: 1,000 gateways from one inventory, then an unchanged re-run.
 
-    .venv/bin/python -m bench.provision [--gateways 1000] [--keep DIR]
+    .venv/bin/python bench/provision.py [--gateways 1000] [--keep DIR]
 
 Targets (issue 5): enroll 1,000 in <= 30 s, unchanged re-run <= 5 s on a 2-core machine.
 Baselines measured in the same run:
@@ -16,16 +16,21 @@ import argparse
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import fmt, machine_summary, print_table
-from edge.devbroker import MOSQUITTO_PASSWD
-from provisioning import pki
-from provisioning.enroll import Enroller
-from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file
-from provisioning.inventory import load
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(REPO))
+
+from bench.common import fmt, machine_summary, print_table  # noqa: E402
+from edge.devbroker import MOSQUITTO_PASSWD  # noqa: E402
+from provisioning import pki  # noqa: E402
+from provisioning.enroll import Enroller  # noqa: E402
+from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file  # noqa: E402
+from provisioning.inventory import load  # noqa: E402
 
 PASSPHRASE = b"bench passphrase, not a secret"
 HEADER = "id,district,ward,site_type,hw_serial,cameras,sensors,network\n"
