@@ -1,6 +1,6 @@
 """Fire-path benchmark (issue 3): a node's alarm edge to an MQTT subscriber, under load.
 
-    .venv/bin/python bench/fire_path.py            # full run (300 rounds), about 50 s
+    .venv/bin/python bench/fire_path.py            # full run (300 rounds), about 45 s
     .venv/bin/python bench/fire_path.py --quick    # smoke run (30 rounds), about 8 s
     .venv/bin/python bench/fire_path.py --json out.json --keep   # per-alarm stamps, logs
 
