@@ -9,7 +9,6 @@ file driving a lamp), cleared when the acknowledgement finally arrives.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -35,11 +34,9 @@ class AckSupervisor(Pipeline):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__("alarm-ack", gateway)
         self.cfg = gateway.config.alarm_ack
-        self._db = sqlite3.connect(
-            gateway.config.outbox.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._db.execute("PRAGMA synchronous=NORMAL")  # acks lost to a power cut: a late fault
-        self._db.executescript(SCHEMA)
+        # the outbox's own connection: tracking rows commit with their alarm (tracking_statement)
+        self._outbox = gateway.outbox
+        self._outbox.sql(SCHEMA, script=True)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.acked = 0
@@ -57,12 +54,13 @@ class AckSupervisor(Pipeline):
 
     def on_ack(self, event_id: str, ack: dict[str, Any]) -> None:
         with self._lock:
-            row = self._db.execute(
+            rows = self._outbox.sql(
                 "SELECT source, faulted FROM pending_acks WHERE event_id = ?", (event_id,)
-            ).fetchone()
-            if row is None:
+            )
+            if not rows:
                 return  # unknown or already acknowledged (receivers re-ack duplicates)
-            self._db.execute("DELETE FROM pending_acks WHERE event_id = ?", (event_id,))
+            row = rows[0]
+            self._outbox.sql("DELETE FROM pending_acks WHERE event_id = ?", (event_id,))
             self.acked += 1
         if row[1]:
             self.ctx.emit(
@@ -83,18 +81,18 @@ class AckSupervisor(Pipeline):
     def check(self) -> None:
         deadline = time.time_ns() // 10**6 - int(self.cfg.timeout_s * 1000)
         with self._lock:
-            late = self._db.execute(
+            late = self._outbox.sql(
                 "SELECT event_id, source, committed_ms FROM pending_acks "
                 "WHERE faulted = 0 AND committed_ms < ?",
                 (deadline,),
-            ).fetchall()
+            )
             for event_id, _, _ in late:
-                self._db.execute(
+                self._outbox.sql(
                     "UPDATE pending_acks SET faulted = 1 WHERE event_id = ?", (event_id,)
                 )
-            outstanding = self._db.execute(
-                "SELECT count(*) FROM pending_acks WHERE faulted = 1"
-            ).fetchone()[0]
+            outstanding = self._outbox.sql("SELECT count(*) FROM pending_acks WHERE faulted = 1")[
+                0
+            ][0]
         for event_id, source, committed in late:
             self.faults += 1
             age = round((time.time_ns() // 10**6 - committed) / 1000)
@@ -122,7 +120,7 @@ class AckSupervisor(Pipeline):
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            pending = self._db.execute("SELECT count(*) FROM pending_acks").fetchone()[0]
+            pending = self._outbox.sql("SELECT count(*) FROM pending_acks")[0][0]
         return {**super().status(), "pending": pending, "acked": self.acked, "faults": self.faults}
 
     def close(self) -> None:

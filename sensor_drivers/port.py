@@ -109,12 +109,12 @@ class SerialPort:
         """What arrives within `timeout` seconds (returns as soon as anything does)."""
         ser = self._need()
         try:
-            ser.timeout = timeout
+            if ser.timeout != timeout:  # each change reconfigures the tty (~30 us)
+                ser.timeout = timeout
             first = ser.read(1)
             if not first:
                 return b""
-            ser.timeout = 0
-            waiting = ser.in_waiting
+            waiting = ser.in_waiting  # already buffered: read(waiting) does not wait
             return first + (ser.read(waiting) if waiting else b"")
         except (serial.SerialException, OSError) as exc:
             self._lose()

@@ -352,6 +352,19 @@ class Outbox:
                 raise
             return removed
 
+    def sql(self, statement: str, params: tuple = (), script: bool = False) -> list[tuple]:
+        """Run a statement on the outbox's own connection, under its lock (autocommit).
+
+        Side tables that must commit atomically with events (the alarm-acknowledgement rows)
+        live here: a second connection would contend for SQLite's write lock, whose busy
+        handler sleeps 1-100 ms, and those sleeps showed up as alarm latency."""
+        with self._lock:
+            self._set_sync(Lane.BULK)  # side-table writes need no fsync of their own
+            if script:
+                self._db.executescript(statement)
+                return []
+            return self._db.execute(statement, params).fetchall()
+
     def close(self) -> None:
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
