@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.events import Event, Kind
@@ -90,9 +89,10 @@ class AckSupervisor(Pipeline):
                 self._outbox.sql(
                     "UPDATE pending_acks SET faulted = 1 WHERE event_id = ?", (event_id,)
                 )
-            outstanding = self._outbox.sql("SELECT count(*) FROM pending_acks WHERE faulted = 1")[
-                0
-            ][0]
+            [(outstanding,)] = self._outbox.sql(
+                "SELECT count(*) FROM pending_acks WHERE faulted = 1"
+            )
+        self._drive_output(outstanding > 0)  # the local lamp first: it needs no network
         for event_id, source, committed in late:
             self.faults += 1
             age = round((time.time_ns() // 10**6 - committed) / 1000)
@@ -107,13 +107,13 @@ class AckSupervisor(Pipeline):
                 "uplink/ack",
                 {"active": True, "code": "alarm_unacknowledged", "alarm": event_id, "age_s": age},
             )
-        self._drive_output(outstanding > 0)
 
     def _drive_output(self, on: bool) -> None:
         if self.cfg.output is None or on == self._output_on:
             return
         try:
-            Path(self.cfg.output).write_text("1\n" if on else "0\n")
+            with open(self.cfg.output, "w") as f:  # sysfs value files take one write
+                f.write("1\n" if on else "0\n")
             self._output_on = on
         except OSError as exc:
             self.set_state("degraded", f"cannot drive {self.cfg.output}: {exc}")

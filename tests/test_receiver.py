@@ -117,6 +117,9 @@ def test_unacknowledged_alarm_raises_transmission_fault_then_clears(tmp_path, br
             ),
             what="transmission fault",
         )
+        deadline = time.monotonic() + 5
+        while lamp.read_text().strip() != "1" and time.monotonic() < deadline:
+            time.sleep(0.05)  # a regular file (unlike sysfs) can be read mid-write
         assert lamp.read_text().strip() == "1"
         # the receiver returns: its session held the alarm; it acks; the fault clears
         rx = ReceiverProcess(broker, tmp_path).start()
