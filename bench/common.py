@@ -6,12 +6,20 @@ assertions), so the helpers here only summarise and print; they judge nothing.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
+import os
 import platform
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -45,6 +53,41 @@ def machine_summary() -> str:
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, log_name: str, keep: bool) -> Iterator[Path]:
+    """A fresh dir under /var/tmp (a real disk, as the outbox's) that takes the gateways' log.
+
+    Removed afterwards unless `keep` (then its path is printed, for the logs and outboxes).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    logging.basicConfig(
+        filename=workdir / log_name,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        yield workdir
+    finally:
+        logging.shutdown()
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def finish_run(started: float, results: dict[str, Any], json_path: Path | None) -> None:
+    """Close a run: its time, and whether the machine was busy enough to make the numbers noisy."""
+    print(f"total bench time {time.monotonic() - started:.0f} s; load average {loadavg()}")
+    if os.getloadavg()[0] > 2.5:
+        print("note: the machine was busy with other work; expect noisy numbers, run again")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1, default=str))
 
 
 @dataclass

@@ -57,17 +57,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import multiprocessing
 import os
 import random
 import re
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tty
@@ -85,12 +82,15 @@ import paho.mqtt.client as mqtt  # noqa: E402
 
 from bench.common import (  # noqa: E402
     RssSampler,
+    finish_run,
     fmt,
+    loadavg,
     machine_summary,
     mb,
     percentile,
     print_table,
     ratio,
+    work_dir,
 )
 from bench.uplink import make_specs  # noqa: E402
 from edge import config as config_mod  # noqa: E402
@@ -955,61 +955,44 @@ def main(argv: list[str] | None = None) -> int:
         params = Params(**{**asdict(params), "switch_interval_ms": args.switch_interval})
         sys.setswitchinterval(args.switch_interval / 1000)
 
-    workdir = Path(tempfile.mkdtemp(prefix="wardgate-bench-fire-", dir="/var/tmp"))
-    logging.basicConfig(
-        filename=workdir / "bench-gateway.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
-    micropython = subprocess.run(
-        [micropython_binary(), "-c", "import sys; print(sys.version)"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    print(f"wardgate fire-path benchmark ({'quick' if args.quick else 'full'})")
-    print(f"machine: {machine_summary()}; loopback; {mosquitto.splitlines()[0]}")
-    print(f"node firmware on the MicroPython unix port ({micropython})")
-    print(f"work dir (outbox on disk): {workdir}")
-    print(f"load average before: {_loadavg()}")
-    sync = fsync_probe_ms(workdir, 100)
-    print(
-        f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms; "
-        f"alarm acknowledgement: {params.alarm_ack}; "
-        f"outbox fsync = {params.outbox_fsync!r}; this disk's fdatasync before the run: p50 "
-        f"{percentile(sync, 50):.2f} ms, p99 {percentile(sync, 99):.2f} ms, max {max(sync):.2f} ms"
-    )
-    frame_sizes = alarm_frame_sizes()
-    encode_us = node_encode_us()
-    broker = MosquittoBroker(workdir / "broker", persistence=False)
-    broker.start()
-    started = time.monotonic()
-    try:
+    with work_dir("wardgate-bench-fire-", "bench-gateway.log", args.keep) as workdir:
+        mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
+        micropython = subprocess.run(
+            [micropython_binary(), "-c", "import sys; print(sys.version)"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        print(f"wardgate fire-path benchmark ({'quick' if args.quick else 'full'})")
+        print(f"machine: {machine_summary()}; loopback; {mosquitto.splitlines()[0]}")
+        print(f"node firmware on the MicroPython unix port ({micropython})")
+        print(f"work dir (outbox on disk): {workdir}")
+        print(f"load average before: {loadavg()}")
+        sync = fsync_probe_ms(workdir, 100)
         print(
-            f"{params.rounds} rounds of 3 alarms (direct emit, n07 pty, n08 paced) under "
-            f"{params.load_rate} ev/s ..."
+            f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms; "
+            f"alarm acknowledgement: {params.alarm_ack}; "
+            f"outbox fsync = {params.outbox_fsync!r}; this disk's fdatasync before the run: p50 "
+            f"{percentile(sync, 50):.2f} ms, p99 {percentile(sync, 99):.2f} ms, "
+            f"max {max(sync):.2f} ms"
         )
-        result = run(workdir, broker, params)
-        results = report(result, params, frame_sizes, encode_us)
-        print(f"total bench time {time.monotonic() - started:.0f} s; load average {_loadavg()}")
-        if os.getloadavg()[0] > 2.5:
-            print("note: the machine was busy with other work; expect noisy numbers, run again")
-        if args.quick:
-            print("(--quick: smoke run with small samples; numbers are not representative)")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=str))
-    finally:
-        broker.stop()
-        logging.shutdown()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        frame_sizes = alarm_frame_sizes()
+        encode_us = node_encode_us()
+        broker = MosquittoBroker(workdir / "broker", persistence=False)
+        broker.start()
+        started = time.monotonic()
+        try:
+            print(
+                f"{params.rounds} rounds of 3 alarms (direct emit, n07 pty, n08 paced) under "
+                f"{params.load_rate} ev/s ..."
+            )
+            result = run(workdir, broker, params)
+            results = report(result, params, frame_sizes, encode_us)
+            finish_run(started, results, args.json)
+            if args.quick:
+                print("(--quick: smoke run with small samples; numbers are not representative)")
+        finally:
+            broker.stop()
     return 0
-
-
-def _loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

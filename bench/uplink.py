@@ -35,16 +35,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
-import logging
 import math
 import multiprocessing
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -64,13 +59,16 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from bench.common import (  # noqa: E402
     RssSampler,
+    finish_run,
     fmt,
+    loadavg,
     machine_summary,
     mb,
     median,
     percentile,
     print_table,
     ratio,
+    work_dir,
 )
 from edge import config as config_mod  # noqa: E402
 from edge.devbroker import MOSQUITTO, MosquittoBroker  # noqa: E402
@@ -657,33 +655,34 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def _latency_cells(q: float, gw: LatencyResult, plain: LatencyResult) -> list[str]:
+    """Wardgate's latency percentile q, the plain-paho baseline's and their ratio."""
+    ours, theirs = gw.p(q), plain.p(q)
+    return [fmt(ours, 2), fmt(theirs, 2), fmt(ratio(ours, theirs), 2)]
+
+
+def _rss_row(label: str, rss_mb: float, baseline_mb: float) -> list[str]:
+    return [
+        label,
+        fmt(rss_mb),
+        fmt(baseline_mb),
+        fmt(ratio(rss_mb, baseline_mb), 2),
+        f"<= {TARGET_RSS_MB:g}",
+        verdict(rss_mb <= TARGET_RSS_MB),
+    ]
+
+
 def report(lat_gw, lat_plain, drain_gw, drain_plain_, rss, params: Params, quick: bool) -> dict:
     p99 = lat_gw.p(99)
     rows = [
-        [
-            "alarm latency p50 (ms)",
-            fmt(lat_gw.p(50), 2),
-            fmt(lat_plain.p(50), 2),
-            fmt(ratio(lat_gw.p(50), lat_plain.p(50)), 2),
-            "",
-            "",
-        ],
+        ["alarm latency p50 (ms)", *_latency_cells(50, lat_gw, lat_plain), "", ""],
         [
             "alarm latency p99 (ms)",
-            fmt(p99, 2),
-            fmt(lat_plain.p(99), 2),
-            fmt(ratio(p99, lat_plain.p(99)), 2),
+            *_latency_cells(99, lat_gw, lat_plain),
             f"<= {TARGET_P99_MS:g}",
             verdict(p99 <= TARGET_P99_MS and lat_gw.missing == 0),
         ],
-        [
-            "alarm latency max (ms)",
-            fmt(lat_gw.p(100), 2),
-            fmt(lat_plain.p(100), 2),
-            fmt(ratio(lat_gw.p(100), lat_plain.p(100)), 2),
-            "",
-            "",
-        ],
+        ["alarm latency max (ms)", *_latency_cells(100, lat_gw, lat_plain), "", ""],
         [
             "  alarms received / sent",
             f"{len(lat_gw.latencies_ms)}/{len(lat_gw.latencies_ms) + lat_gw.missing}",
@@ -734,22 +733,8 @@ def report(lat_gw, lat_plain, drain_gw, drain_plain_, rss, params: Params, quick
         ],
         ["  reconnect after broker up (s)", fmt(drain_gw.reconnect_s, 2), "", "", "", ""],
         ["  outbox fill, broker down (ev/s)", fmt(drain_gw.fill_rate, 0), "", "", "", ""],
-        [
-            "gateway RSS peak (MB)",
-            fmt(rss.peak_mb),
-            fmt(rss.baseline_mb),
-            fmt(ratio(rss.peak_mb, rss.baseline_mb), 2),
-            f"<= {TARGET_RSS_MB:g}",
-            verdict(rss.peak_mb <= TARGET_RSS_MB),
-        ],
-        [
-            "gateway RSS steady (MB)",
-            fmt(rss.steady_mb),
-            fmt(rss.baseline_mb),
-            fmt(ratio(rss.steady_mb, rss.baseline_mb), 2),
-            f"<= {TARGET_RSS_MB:g}",
-            verdict(rss.steady_mb <= TARGET_RSS_MB),
-        ],
+        _rss_row("gateway RSS peak (MB)", rss.peak_mb, rss.baseline_mb),
+        _rss_row("gateway RSS steady (MB)", rss.steady_mb, rss.baseline_mb),
         ["  RSS after recovery / USS (MB)", f"{rss.after_recovery_mb:.1f}/{rss.uss_mb:.1f}"]
         + [""] * 4,
         ["  gateway CPU (% of one core)", fmt(rss.cpu_percent, 0), "", "", "", ""],
@@ -817,55 +802,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.backlog:
         params = Params(**{**asdict(params), "backlog": args.backlog})
 
-    workdir = Path(tempfile.mkdtemp(prefix="wardgate-bench-uplink-", dir="/var/tmp"))
-    logging.basicConfig(
-        filename=workdir / "bench-gateways.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
-    print(f"wardgate uplink benchmark ({'quick' if args.quick else 'full'})")
-    print(f"machine: {machine_summary()}; loopback; {mosquitto.splitlines()[0]}")
-    print(f"work dir (outboxes on disk, {_fs_type(workdir)}): {workdir}")
-    print(f"load average before: {_loadavg()}")
-    # persistence keeps the subscriber's session over the outage; it is written at shutdown only,
-    # so that the broker's periodic saves (disk writes in its one thread) do not pollute the timings
-    broker = MosquittoBroker(
-        workdir / "broker", persistence=True, extra_conf="autosave_interval 3600\n"
-    )
-    broker.start()
-    sub = None
-    started = time.monotonic()
-    try:
-        sub = Subscriber(broker)
-        print(f"1/3 alarm latency: {params.alarms} alarms under {params.load_rate} ev/s ...")
-        lat_gw, window = latency_wardgate(workdir, broker, sub, params)
-        lat_plain = latency_plain(broker, sub, params, window)
-        print(f"2/3 drain of a {params.backlog:,}-event backlog after an outage ...")
-        drain_gw = drain_wardgate(workdir, broker, sub, params)
-        drain_plain_ = drain_plain(broker, sub, params, window)
-        print("3/3 RSS of `wardgate run` under load ...")
-        rss = rss_gateway(workdir, broker, sub, params)
-        results = report(lat_gw, lat_plain, drain_gw, drain_plain_, rss, params, args.quick)
-        print(f"total bench time {time.monotonic() - started:.0f} s; load average {_loadavg()}")
-        if os.getloadavg()[0] > 2.5:
-            print("note: the machine was busy with other work; expect noisy numbers, run again")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=str))
-    finally:
-        if sub is not None:
-            sub.stop()
-        broker.stop()
-        logging.shutdown()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_dir("wardgate-bench-uplink-", "bench-gateways.log", args.keep) as workdir:
+        mosquitto = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
+        print(f"wardgate uplink benchmark ({'quick' if args.quick else 'full'})")
+        print(f"machine: {machine_summary()}; loopback; {mosquitto.splitlines()[0]}")
+        print(f"work dir (outboxes on disk, {_fs_type(workdir)}): {workdir}")
+        print(f"load average before: {loadavg()}")
+        # persistence keeps the subscriber's session over the outage; it is written at shutdown
+        # only, so that the broker's periodic saves (disk writes in its one thread) do not
+        # pollute the timings
+        broker = MosquittoBroker(
+            workdir / "broker", persistence=True, extra_conf="autosave_interval 3600\n"
+        )
+        broker.start()
+        sub = None
+        started = time.monotonic()
+        try:
+            sub = Subscriber(broker)
+            print(f"1/3 alarm latency: {params.alarms} alarms under {params.load_rate} ev/s ...")
+            lat_gw, window = latency_wardgate(workdir, broker, sub, params)
+            lat_plain = latency_plain(broker, sub, params, window)
+            print(f"2/3 drain of a {params.backlog:,}-event backlog after an outage ...")
+            drain_gw = drain_wardgate(workdir, broker, sub, params)
+            drain_plain_ = drain_plain(broker, sub, params, window)
+            print("3/3 RSS of `wardgate run` under load ...")
+            rss = rss_gateway(workdir, broker, sub, params)
+            results = report(lat_gw, lat_plain, drain_gw, drain_plain_, rss, params, args.quick)
+            finish_run(started, results, args.json)
+        finally:
+            if sub is not None:
+                sub.stop()
+            broker.stop()
     return 0
-
-
-def _loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _fs_type(path: Path) -> str:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from edge.config import ConfigError, from_dict
+from edge.config import ConfigError
 from sensor_drivers.modbus_profile import load_profile
-from sensor_drivers.pipeline import build_pipelines
 from sensor_drivers.simulators import ModbusBus, PtyLink
+from tests.serial_support import Running, events, port_ctx, wait
 from tests.vision_context import RecordingContext
 
 SMOKE_HEAT = {"input": {0: 120, 1: 215}}  # 1.20 %/m, 21.5 degC
@@ -33,39 +32,7 @@ def modbus_ctx(path: str, devices: list[dict], **port) -> RecordingContext:
         "devices": devices,
     }
     settings.update(port)
-    return RecordingContext(
-        from_dict(
-            {
-                "gateway": {"id": "gw-test-1", "district": "d1", "ward": "w1"},
-                "serial": {"ports": [settings], "readings": {"min_interval_s": 0}},
-            }
-        )
-    )
-
-
-class Running:
-    def __init__(self, ctx: RecordingContext) -> None:
-        [self.pipeline] = build_pipelines(ctx)
-        self.ctx = ctx
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.pipeline.run, args=(self.stop,))
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.pipeline.close()
-        assert not self.thread.is_alive()
-
-
-def events(ctx: RecordingContext, kind: str, source: str | None = None) -> list:
-    return [e for e in ctx.of(kind) if source is None or e.source == source]
-
-
-def wait(ctx: RecordingContext, what, timeout: float = 5.0):
-    got = ctx.wait_for(what, timeout)
-    assert got, "timed out"
-    return got
+    return port_ctx(settings)
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import from_dict
 from firmware.unix_node import UnixNode
 from sensor_drivers import node_protocol as np
-from sensor_drivers.pipeline import build_pipelines
 from sensor_drivers.port import PortError, SerialPort
+from tests.serial_support import Running, events, port_ctx, wait
 from tests.vision_context import RecordingContext
 
 NODE = {
@@ -39,49 +38,7 @@ NODE = {
 def serial_ctx(port: str, **port_settings) -> RecordingContext:
     settings = {"name": "nodes1", "path": port, "protocol": "node", "nodes": [7]}
     settings.update(port_settings)
-    return RecordingContext(
-        from_dict(
-            {
-                "gateway": {"id": "gw-test-1", "district": "d1", "ward": "w1"},
-                "serial": {"ports": [settings], "readings": {"min_interval_s": 0}},
-            }
-        )
-    )
-
-
-class Running:
-    """A pipeline in its own thread, as the supervisor runs it."""
-
-    def __init__(self, ctx: RecordingContext) -> None:
-        [self.pipeline] = build_pipelines(ctx)
-        self.ctx = ctx
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.pipeline.run, args=(self.stop,))
-        self.thread.start()
-
-    def wait_open(self) -> Running:
-        """pyserial flushes the input on open: a peer should not talk before that."""
-        deadline = time.monotonic() + 5
-        while not self.pipeline.port.is_open:
-            assert time.monotonic() < deadline, "port never opened"
-            time.sleep(0.01)
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.pipeline.close()
-        assert not self.thread.is_alive()
-
-
-def events(ctx: RecordingContext, kind: str, source: str | None = None) -> list:
-    return [e for e in ctx.of(kind) if source is None or e.source == source]
-
-
-def wait(ctx: RecordingContext, what, timeout: float = 5.0):
-    got = ctx.wait_for(what, timeout)
-    assert got, "timed out"
-    return got
+    return port_ctx(settings)
 
 
 @pytest.fixture
