@@ -69,7 +69,6 @@ class Uplink:
         self._early: dict[int, bool] = {}  # PUBACKs that beat publish() returning: mid -> ok
         self._spill_sent: set[int] = set()
         self._acked: list[int] = []
-        self._rejected: set[int] = set()
         self._cursor: dict[Lane, int] = {}
         self._threads: list[threading.Thread] = []
         self._connections = 0
@@ -280,7 +279,6 @@ class Uplink:
             self._early.clear()
             self._spill_sent.clear()
             self._acked.clear()
-            self._rejected.clear()
             self._cursor = {lane: 0 for lane in Lane}
             self._connected.set()
             self._wake.notify()
@@ -308,7 +306,6 @@ class Uplink:
             self._wake.notify()
             return
         # the broker refused it (e.g. ACL): keep it, try again on the next connection
-        self._rejected.add(row_id)
         self.stats["rejected"] += 1
         self._error(f"broker rejected a publish: {reason} (event kept in the outbox)")
 

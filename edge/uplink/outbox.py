@@ -145,7 +145,7 @@ class Outbox:
             event = event.with_(seq=seq)
             payload = event.encode(fmt)
             try:
-                self._insert(lane, topic, payload, event.time_ms, expiry_s, seq, also)
+                self._insert(lane, topic, payload, event.time_ms, expiry_s, also)
             except _Rejected:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._bump(f"evicted_{lane.name.lower()}")
@@ -173,7 +173,6 @@ class Outbox:
         payload: bytes,
         created: int,
         expiry: int | None,
-        seq: int,
         also: Sequence[Statement] = (),
     ) -> None:
         self._set_sync(lane)
@@ -260,7 +259,7 @@ class Outbox:
                 break
         if freed:
             try:
-                self._insert(lane, topic, payload, created, expiry, seq, also)
+                self._insert(lane, topic, payload, created, expiry, also)
                 return
             except sqlite3.OperationalError as again:
                 if not _is_disk_full(again):
