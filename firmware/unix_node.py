@@ -31,6 +31,8 @@ from firmware.node import sensors as node_sensors
 FIRMWARE_DIR = Path(__file__).resolve().parent
 PROTOCOL_DIR = FIRMWARE_DIR.parent / "sensor_drivers"
 
+TICKS_PERIOD = 1 << 30  # the node's ticks_ms wraps here, as on a 32-bit board (hal_unix.py)
+TICKS_START_ENV = "WARDGATE_NODE_TICKS_START"
 EDGE_RE = re.compile(r"^EDGE (?P<what>.*) t_ns=(?P<t>\d+)$")
 
 
@@ -65,14 +67,20 @@ class UnixNode:
         link: Path | str | None = None,
         bundle: Path | str | None = None,
         workdir: Path | str | None = None,
+        ticks_start: int | None = None,
     ) -> None:
-        """`bundle`: run a built firmware bundle (wardgate firmware build) instead of the source."""
+        """`bundle`: run a built firmware bundle (wardgate firmware build) instead of the source.
+
+        `ticks_start` (tests): the node's 30-bit `ticks_ms` counter starts there, e.g. just before
+        its wrap at 2**30 (hal_unix.py), instead of at the unix port's own clock.
+        """
         self.node_cfg = node_cfg
         self.settings = node_config.check(node_cfg)  # fail here, loudly, on a bad test config
         self.inputs = dict(self.default_inputs())
         self.inputs.update(inputs or {})
         self.link = Path(link) if link else None
         self.bundle = Path(bundle) if bundle else None
+        self.ticks_start = ticks_start
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="wardgate-node-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -140,6 +148,13 @@ class UnixNode:
         s = self.sensor(name)
         self.set(str(s["pin"]), 1.0 if s["kind"] in ("heat", "flame", "call_point") else 0.0)
 
+    def advance_clock(self, ms: int) -> None:
+        """The node's clock jumps `ms` forward (0 < ms < 2**28), as if that time had passed."""
+        if self.proc is None or self.proc.stdin is None:
+            raise RuntimeError("node not running")
+        self.proc.stdin.write(f"advance {int(ms)}\n".encode())
+        self.proc.stdin.flush()
+
     def short_line(self, name: str) -> None:
         s = self.sensor(name)
         self.set(str(s["pin"]), 1.0 if s["kind"] == "smoke" else 0.0)
@@ -167,6 +182,9 @@ class UnixNode:
             args += ["--set", f"{pin}={value!r}"]
         path = str(self.bundle) if self.bundle else f"{FIRMWARE_DIR}:{PROTOCOL_DIR}"
         env = dict(os.environ, MICROPYPATH=path)
+        env.pop(TICKS_START_ENV, None)
+        if self.ticks_start is not None:
+            env[TICKS_START_ENV] = str(self.ticks_start)
         try:
             self.proc = subprocess.Popen(
                 args,

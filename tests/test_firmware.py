@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import tty
 
@@ -15,7 +16,13 @@ from edge.cli import main as wardgate
 from firmware import build as fw_build
 from firmware.node import config as node_config
 from firmware.node import sensors
-from firmware.unix_node import FIRMWARE_DIR, PROTOCOL_DIR, UnixNode, micropython_binary
+from firmware.unix_node import (
+    FIRMWARE_DIR,
+    PROTOCOL_DIR,
+    TICKS_PERIOD,
+    UnixNode,
+    micropython_binary,
+)
 from sensor_drivers import node_protocol as np
 from tests.test_serial_nodes import NODE, Running, events, serial_ctx, wait
 
@@ -186,6 +193,66 @@ def test_a_node_with_bad_settings_boots_and_reports_a_config_fault(tmp_path):
         proc.stdout.close()
         os.close(slave)
     assert b"config error: node.json.sensors[0].kind" in printed
+
+
+# --- the tick counter wraps ------------------------------------------------------------------
+
+DAY_MS = 86_400_000
+JUMP_MS = (1 << 28) - 1  # 3.1 days: the largest clock jump hal_unix accepts
+
+
+def test_node_across_the_ticks_wrap_and_12_days_of_uptime(tmp_path):
+    """The real firmware on the unix port with a board's 30-bit tick counter.
+
+    The counter starts 3 s before it wraps and then jumps forward, 3.1 days at a time, to 18.6
+    days of uptime: past 6.2 days (2**29 ms, where ticks_diff from the boot moment turns
+    negative) and 12.4 days (2**30 ms, where it comes back to zero). Through all of it the uptime
+    the gateway decodes never goes back (the gateway would take that for a reboot and re-send the
+    latched alarm), the alarm is reported once, heartbeats go on, and nothing faults.
+    """
+    with UnixNode(NODE, link=tmp_path / "node07", ticks_start=TICKS_PERIOD - 3000) as node:
+        r = Running(serial_ctx(str(node.link)))
+        uptimes: list[int] = []
+        seen = threading.Condition()
+        on_heartbeat = r.pipeline._on_heartbeat
+
+        def record(state, msg):  # what the gateway decodes, then its own handling
+            with seen:
+                uptimes.append(msg.fields["uptime_s"])
+                seen.notify_all()
+            on_heartbeat(state, msg)
+
+        r.pipeline._on_heartbeat = record
+
+        def heartbeat_at_least(uptime_s: int, timeout: float = 5.0) -> None:
+            """A new heartbeat (from now on) says the node has been up this long."""
+            with seen:
+                n = len(uptimes)
+                assert seen.wait_for(lambda: any(u >= uptime_s for u in uptimes[n:]), timeout), (
+                    f"no heartbeat with uptime >= {uptime_s}: {uptimes[-5:]}; "
+                    + " | ".join(node.output_lines[-10:])
+                )
+
+        try:
+            wait(r.ctx, lambda: r.pipeline.nodes[7].boot_id is not None)
+            node.press("mcp")  # latched just before the wrap, retried and acked across it
+            [alarm] = wait(r.ctx, lambda: events(r.ctx, "alarm"))
+            assert alarm.source == "n07/mcp"
+            node.release("mcp")  # the latch holds: every heartbeat carries it
+            heartbeat_at_least(5)  # the counter wrapped 3 s after boot: heartbeats go on
+            expected_ms = 5000
+            for _ in range(6):
+                node.advance_clock(JUMP_MS)
+                expected_ms += JUMP_MS
+                heartbeat_at_least(expected_ms // 1000)
+                heartbeat_at_least(expected_ms // 1000 + 1)  # and the next one, a second later
+            assert uptimes[-1] * 1000 > 18 * DAY_MS
+            assert r.pipeline.nodes[7].alarmed == {3}  # the gateway still knows the latch
+        finally:
+            r.close()
+    assert uptimes == sorted(uptimes), f"uptime went back: {uptimes}"
+    assert len(events(r.ctx, "alarm")) == 1, events(r.ctx, "alarm")
+    assert events(r.ctx, "fault") == []
 
 
 # --- build and flash -----------------------------------------------------------------------

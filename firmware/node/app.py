@@ -4,6 +4,13 @@ Alarms and faults are repeated until the gateway acknowledges them (same sequenc
 gateway drops the repeats); heartbeats and readings are sent and forgotten. The loop never stops
 on an error: it reports an `internal` fault and goes on, because a fire node that crashed is
 worse than one that says it is unwell.
+
+Time: `ticks_ms` wraps (every 2**30 ms = 12.4 days on 32-bit boards) and `ticks_diff` is only
+meaningful for moments less than half a period (6.2 days) apart. So every tick computation goes
+through `hal.ticks_diff`/`hal.ticks_add` between moments close together, and the uptime is
+accumulated step by step (seconds plus the leftover milliseconds, small ints on every board)
+rather than computed from the boot moment: it never goes backwards, which the gateway would take
+for a reboot.
 """
 
 import sys
@@ -38,6 +45,9 @@ class Node:
         self.commands_seen = np.SequenceWindow(32)
         self.boot_id = hal.random32()
         self.started = hal.ticks_ms()
+        self.uptime_s = 0  # accumulated by tick(): no wrap
+        self._uptime_ms = 0  # the part of a second not yet in uptime_s
+        self._uptime_tick = self.started  # the moment up to which uptime is counted
         self.node_faults = {}  # code -> True while active
         self.config_error = config_error
         self.last_reading_ms = None
@@ -92,11 +102,11 @@ class Node:
                 faults |= 1 << s.index
         if self.node_faults:
             faults |= 1 << NODE_FAULT_BIT
-        uptime = self.hal.ticks_diff(self.hal.ticks_ms(), self.started) // 1000
+        self.tick(self.hal.ticks_ms())
         self.send(
             np.HEARTBEAT,
             {
-                "uptime_s": uptime,
+                "uptime_s": self.uptime_s,
                 "alarms": alarms,
                 "faults": faults,
                 "flags": np.HEARTBEAT_FLAG_SILENCED if self.silenced else 0,
@@ -210,6 +220,16 @@ class Node:
                 entry[1] = self.hal.ticks_add(now, entry[2])
 
     # --- loop ---------------------------------------------------------------------------------
+    def tick(self, now):
+        """Add the time since the last call to the uptime (called every step, so far < 6.2 days)."""
+        elapsed = self.hal.ticks_diff(now, self._uptime_tick)
+        if elapsed <= 0:
+            return
+        self._uptime_tick = now
+        ms = self._uptime_ms + elapsed
+        self.uptime_s += ms // 1000
+        self._uptime_ms = ms % 1000
+
     def start(self):
         log(FIRMWARE, "node", self.id, "with", len(self.sensors), "sensors")
         self.hello()
@@ -220,6 +240,7 @@ class Node:
     def step(self):
         hal = self.hal
         now = hal.ticks_ms()
+        self.tick(now)
         if hal.ticks_diff(now, self.next_sample) >= 0:
             self.sample(now)
             self.next_sample = hal.ticks_add(self.next_sample, self.cfg["sample_ms"])

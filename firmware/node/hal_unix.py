@@ -4,10 +4,16 @@
 
 The UART is a pty (an inherited master fd, or a path). Sensor inputs are driven through stdin,
 one command a line:  `set NAME VALUE`  (analog pins: VALUE is the ADC fraction 0..1; digital
-pins: 0 or 1) and `quit`. End of stdin also stops the node, so a node started by a test never
-outlives it. Outputs and notable moments go to stdout:
+pins: 0 or 1), `advance MS` (tests: the node's clock jumps MS milliseconds forward, 0 < MS <
+2**28, as if that much time had passed) and `quit`. End of stdin also stops the node, so a node
+started by a test never outlives it. Outputs and notable moments go to stdout:
     OUT <pin> <0|1>                                  an output pin changed
     EDGE <what> t_ns=<CLOCK_REALTIME ns>             e.g. "EDGE alarm flame flame seq=4 ..."
+
+The clock is the one a 32-bit board has: `ticks_ms` wraps at 2**30 ms (12.4 days; ticks_diff is
+only meaningful within half of that), not at the unix port's own 2**62, so tick arithmetic that
+would break on a board breaks here too. The environment variable WARDGATE_NODE_TICKS_START
+(tests only) starts the counter at that value, e.g. just before the wrap.
 """
 
 import os
@@ -17,6 +23,10 @@ import termios
 import time
 
 ADC_FULL = 65535
+TICKS_PERIOD = 1 << 30  # MicroPython's ticks period on 32-bit ports (small-int range)
+TICKS_MASK = TICKS_PERIOD - 1
+TICKS_HALF = TICKS_PERIOD >> 1
+MAX_ADVANCE_MS = 1 << 28  # a jump must stay well within ticks_diff's half period
 
 
 class _Input:
@@ -106,16 +116,19 @@ class UnixHal:
         self._wait.register(self._stdin, select.POLLIN)
         self._uart_registered = False
         self._hup_until = 0
+        start = os.getenv("WARDGATE_NODE_TICKS_START")
+        # offset so that the first ticks_ms() is `start` (mod the period)
+        self._ticks_offset = (int(start) - time.ticks_ms()) & TICKS_MASK if start else 0
 
-    # clock
+    # clock: a 30-bit ticks counter, as on a 32-bit board
     def ticks_ms(self):
-        return time.ticks_ms()
+        return (time.ticks_ms() + self._ticks_offset) & TICKS_MASK
 
     def ticks_add(self, a, b):
-        return time.ticks_add(a, b)
+        return (a + b) & TICKS_MASK
 
     def ticks_diff(self, a, b):
-        return time.ticks_diff(a, b)
+        return ((a - b + TICKS_HALF) & TICKS_MASK) - TICKS_HALF
 
     def random32(self):
         return int.from_bytes(os.urandom(4), "little")
@@ -183,6 +196,13 @@ class UnixHal:
             return
         if words[0] == "set" and len(words) == 3:
             self.inputs[words[1]] = float(words[2])
+        elif words[0] == "advance" and len(words) == 2 and words[1].isdigit():
+            ms = int(words[1])
+            if 0 < ms < MAX_ADVANCE_MS:
+                self._ticks_offset = (self._ticks_offset + ms) & TICKS_MASK
+                print("node: clock advanced", ms, "ms, ticks now", self.ticks_ms())
+            else:
+                print("node: advance must be between 1 and", MAX_ADVANCE_MS - 1, "ms")
         elif words[0] == "quit":
             self._stopped = True
         else:
