@@ -3,7 +3,8 @@ import sqlite3
 import pytest
 
 from edge.events import Event, Kind, Lane, decode
-from edge.uplink.outbox import Outbox, OutboxError
+from edge.uplink.outbox import Outbox, OutboxError, expired, remaining_expiry_s
+from tests.test_outbox_disk import fill, tmpfs  # noqa: F401  (tmpfs: a fixture)
 
 
 def ev(kind, n=0):
@@ -69,33 +70,71 @@ def test_rows_leave_only_when_deleted(tmp_path):
     assert [r.id for r in drain(box, Lane.EVENTS)] == [rows[1].id, rows[2].id]
 
 
-def test_disk_full_keeps_alarms(tmp_path):
-    """A full disk (SQLITE_FULL via max_page_count): telemetry gives way, alarms are kept."""
-    box = Outbox(tmp_path / "o.db", max_page_count=12, fsync="normal")
-    for i in range(1500):  # far more than fits: older telemetry is evicted to make room
+def test_disk_full_keeps_alarms(tmpfs):
+    """A really full filesystem (a 2 MiB tmpfs): telemetry gives way, alarms are kept."""
+    box = Outbox(tmpfs / "o.db", fsync="normal")
+    for i in range(6000):  # far more than fits: older telemetry is evicted to make room
         box.put(Event(Kind.TELEMETRY, "s", {"blob": "x" * 300, "i": i}), "t")
     assert box.evictions["bulk"] > 0
+    fill(tmpfs / "junk")  # and not a byte left
     alarms = [box.put(ev("alarm", i), "t") for i in range(200)]
     critical = drain(box, Lane.CRITICAL)
-    assert len(critical) == 200
+    assert len(critical) == 200 and "memory_spill" not in box.depth()
     assert [r.payload for r in critical] == [a.to_cbor() for a in alarms]
     for _ in range(500):  # readings roll over each other and telemetry, never over alarms
         box.put(Event(Kind.READING, "s", {"blob": "z" * 300}), "t")
     assert len(drain(box, Lane.CRITICAL)) == 200
 
 
-def test_disk_full_with_nothing_to_evict_holds_alarms_in_memory(tmp_path):
-    box = Outbox(tmp_path / "o.db", max_page_count=8)
-    alarms = [box.put(Event(Kind.ALARM, "s", {"pad": "y" * 400}), "t") for _ in range(300)]
-    assert "memory_spill" in box.depth()
+def test_disk_full_with_nothing_to_evict_holds_alarms_in_memory(tmpfs):
+    box = Outbox(tmpfs / "o.db")
+    fill(tmpfs / "junk")
+    alarms = []
+    while "memory_spill" not in box.depth() and len(alarms) < 20000:
+        alarms.append(box.put(Event(Kind.ALARM, "s", {"pad": "y" * 400}), "t"))
+    alarms += [box.put(Event(Kind.ALARM, "s", {"pad": "y" * 400}), "t") for _ in range(10)]
+    assert box.depth()["memory_spill"] == 11
     with pytest.raises(OutboxError, match="disk full"):  # nothing to evict for a reading
         box.put(Event(Kind.READING, "s", {"pad": "r" * 400}), "t")
     rows = drain(box, Lane.CRITICAL)
-    assert len(rows) == 300
-    assert sorted(r.payload for r in rows) == sorted(a.to_cbor() for a in alarms)
-    # acknowledging the spilled ones frees them too
+    assert len(rows) == len(alarms)
+    assert [r.payload for r in rows] == [a.to_cbor() for a in alarms]
+    # acknowledging them (the spilled ones too) frees them, on the full filesystem
     box.delete([r.id for r in rows])
     assert len(box) == 0
+
+
+def test_outbox_from_the_previous_release_opens_and_sends(tmp_path):
+    """v0.1.0 files have no boot/mono_ms columns: they are added, old rows age by wall clock."""
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.executescript(
+        """
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL,
+            topic TEXT NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL,
+            expiry_s INTEGER);
+        CREATE INDEX outbox_by_lane ON outbox (lane, id);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO counters VALUES ('seq_bulk', 7);
+        """
+    )
+    old = Event(Kind.TELEMETRY, "s", {}, gateway="gw", seq=7)
+    db.execute(
+        "INSERT INTO outbox(lane, topic, payload, created_ms, expiry_s) VALUES (2, 't', ?, ?, 60)",
+        (old.to_cbor(), old.time_ms - 120_000),  # stored two minutes ago: expired
+    )
+    db.execute(
+        "INSERT INTO outbox(lane, topic, payload, created_ms, expiry_s) VALUES (2, 't', ?, ?, 60)",
+        (old.to_cbor(), old.time_ms),
+    )
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "o.db")
+    rows = drain(box, Lane.BULK)
+    assert [expired(r) for r in rows] == [True, False]
+    assert 55 <= remaining_expiry_s(rows[1]) <= 60
+    assert box.put(ev("telemetry"), "t", expiry_s=60).seq == 8
+    assert len(drain(box, Lane.BULK)) == 3
+    box.close()
 
 
 def test_unwritable_path_is_a_clear_error(tmp_path):
