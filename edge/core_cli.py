@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check-config", help="validate a config file; exit 1 with each problem")
     p.add_argument("path", type=Path, nargs="?", default=DEFAULT_PATH)
+    p.add_argument(
+        "--no-files",
+        action="store_true",
+        help="do not check the files it names (password, TLS): for a config away from its gateway",
+    )
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("decode", help="print a wardgate payload (CBOR or JSON) as JSON")
@@ -67,7 +72,12 @@ def _load_config(path: Path):
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.path)
+    from edge import config
+
+    result = config.check(args.path, files=not args.no_files)
+    for line in result.problems + result.warnings:
+        print(line, file=sys.stderr)
+    cfg = result.config
     if cfg is None:
         return 1
     print(f"{args.path}: ok (gateway {cfg.gateway.id}, topics under {cfg.topics.base}/)")

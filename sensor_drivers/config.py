@@ -6,13 +6,15 @@ an RS-485 bus with Modbus RTU detectors (several unit ids on one bus).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from edge.confbase import Section, TopicSegment
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+HOUR = 3600.0
+DAY = 86400.0
 ShortName = Annotated[
     str,
     Field(
@@ -26,13 +28,16 @@ class ReadingSettings(Section):
     """Readings are reported by exception and rate-limited per source."""
 
     min_interval_s: float = Field(
-        10.0, ge=0, description="at most one reading per source this often"
+        10.0, ge=0, le=DAY, description="at most one reading per source this often"
     )
     max_interval_s: float = Field(
-        300.0, gt=0, description="and at least one this often, even without change"
+        300.0, ge=0.01, le=DAY, description="and at least one this often, even without change"
     )
     deadband_pct: float = Field(
-        2.0, ge=0, description="default change, in % of the last value, that counts as a change"
+        2.0,
+        ge=0,
+        le=1000,
+        description="default change, in % of the last value, that counts as a change",
     )
 
 
@@ -45,8 +50,13 @@ class ModbusDevice(Section):
     @classmethod
     def _profile_loads(cls, name: str) -> str:
         from edge.config import ConfigError
-        from sensor_drivers.modbus_profile import load_profile
+        from sensor_drivers.modbus_profile import load_profile, profile_path
 
+        path = profile_path(name)
+        if path == Path(name) and not path.is_absolute():
+            raise ValueError(
+                "a profile file must be given by its absolute path (or give a built-in name)"
+            )
         try:
             load_profile(name)
         except ConfigError as exc:
@@ -61,7 +71,9 @@ class ModbusDevice(Section):
 class PortSettings(Section):
     name: TopicSegment = Field(description="pipeline name, e.g. nodes1 or rs485")
     path: str = Field(
-        description="device path (/dev/ttyUSB0) or a /dev/serial/by-id name (stable across plugs)"
+        min_length=1,
+        max_length=255,
+        description="device path (/dev/ttyUSB0) or a /dev/serial/by-id name (stable across plugs)",
     )
     protocol: Literal["node", "modbus"]
     baud: int = Field(
@@ -69,20 +81,27 @@ class PortSettings(Section):
     )
     parity: Literal["N", "E", "O"] = Field("N", description="default: node N, modbus E")
     stopbits: Literal[1, 2] = 1
-    reconnect_s: PositiveFloat = Field(1.0, description="first retry after the port is lost")
-    reconnect_max_s: PositiveFloat = 10.0
+    reconnect_s: float = Field(
+        1.0, ge=0.01, le=600.0, description="first retry after the port is lost"
+    )
+    reconnect_max_s: float = Field(10.0, ge=0.01, le=HOUR)
     # node protocol
     nodes: list[Annotated[int, Field(ge=0, le=254)]] = Field(
         default_factory=list,
         description="node ids expected on this port: missing ones are faults from the start",
     )
-    silent_after_s: PositiveFloat = Field(
-        15.0, description="a node with no frame for this long is reported silent (fault)"
+    silent_after_s: float = Field(
+        15.0,
+        ge=0.01,
+        le=DAY,
+        description="a node with no frame for this long is reported silent (fault)",
     )
     # modbus
     devices: list[ModbusDevice] = Field(default_factory=list)
-    poll_s: PositiveFloat = Field(1.0, description="Modbus: poll every device this often")
-    timeout_s: PositiveFloat = Field(0.3, description="Modbus: wait this long for an answer")
+    poll_s: float = Field(1.0, ge=0.01, le=HOUR, description="Modbus: poll every device this often")
+    timeout_s: float = Field(
+        0.3, ge=0.01, le=60.0, description="Modbus: wait this long for an answer"
+    )
     retries: int = Field(1, ge=0, le=10, description="Modbus: retries before a poll fails")
     fail_after: int = Field(
         2, ge=1, le=100, description="Modbus: consecutive failed polls before a device fault"
@@ -96,6 +115,16 @@ class PortSettings(Section):
         if isinstance(data, dict) and data.get("protocol") == "modbus":
             data = {"baud": 19200, "parity": "E", **data}
         return data
+
+    @field_validator("path")
+    @classmethod
+    def _device_path(cls, path: str) -> str:
+        if "/" in path and not path.startswith("/"):
+            raise ValueError(
+                "a device path must be absolute (/dev/ttyUSB0); a bare name is looked up in "
+                "/dev/serial/by-id"
+            )
+        return path
 
     @model_validator(mode="after")
     def _fits_protocol(self) -> PortSettings:

@@ -19,6 +19,8 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")]
 Table = Literal["input", "holding", "discrete", "coil"]
 Address = Annotated[int, Field(ge=0, le=65535)]
+#: engineering values (finite, like every float in a Section): beyond this is a typo
+Value = Annotated[float, Field(ge=-1e12, le=1e12)]
 
 WORDS = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
 
@@ -30,9 +32,11 @@ class Point(Section):
     table: Literal["input", "holding"] = "input"
     address: Address
     type: Literal["uint16", "int16", "uint32", "int32", "float32"] = "uint16"
-    scale: float = 1.0
+    scale: Value = 1.0
     unit: str = Field("", max_length=8)
-    deadband: float | None = Field(None, ge=0, description="default: [serial.readings] percent")
+    deadband: float | None = Field(
+        None, ge=0, le=1e12, description="default: [serial.readings] percent"
+    )
     report: bool = Field(True, description="false: read (for alarms, status) but not reported")
 
     @property
@@ -49,8 +53,8 @@ class Flag(Section):
     bit: int | None = Field(None, ge=0, le=15)
     # or a threshold on a point, for plain transmitters without alarm flags of their own
     point: Name | None = None
-    above: float | None = None
-    hysteresis: float = Field(0.0, ge=0)
+    above: Value | None = None
+    hysteresis: float = Field(0.0, ge=0, le=1e12)
 
     @model_validator(mode="after")
     def _one_source(self) -> Flag:
@@ -116,6 +120,8 @@ def load_profile(name: str) -> Profile:
     path = profile_path(name)
     try:
         text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(path, [f"{path}: is a directory, not a profile file"]) from None
     except OSError:
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
         raise ConfigError(path, [f"{path}: no such profile (built in: {known})"]) from None

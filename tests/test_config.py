@@ -16,11 +16,11 @@ ward = "w01"
 """
 
 
-def check(tmp_path, text):
+def check(tmp_path, text, *options):
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path, subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(path)],
+        [sys.executable, "-m", "edge.cli", "check-config", *options, str(path)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -48,7 +48,7 @@ def test_minimal_config_is_valid_with_defaults(tmp_path):
             "uplink.tls",
             "give both `cert` and `key`",
         ),
-        (GOOD + "[outbox]\nmax_events = 'lots'\n", 6, "outbox.max_events", "valid integer"),
+        (GOOD + "[outbox]\nmax_events = 'lots'\n", 6, "outbox.max_events", "must be an integer"),
         (GOOD + "[health\nheartbeat_s = 1\n", 5, "", "not valid TOML"),
         (GOOD + "[uplink]\nformat = 'xml'\n", 6, "uplink.format", "'cbor' or 'json'"),
     ],
@@ -76,9 +76,9 @@ def test_all_problems_are_reported_at_once(tmp_path):
 
 
 def test_documented_full_example_is_valid(tmp_path):
-    """docs/config.md's full example must stay a valid config."""
+    """docs/config.md's full example must stay a valid config (its files are on a gateway)."""
     doc = (REPO / "docs" / "config.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
     assert blocks, "docs/config.md has no ```toml example"
-    path, res = check(tmp_path, blocks[0])
+    path, res = check(tmp_path, blocks[0], "--no-files")
     assert res.returncode == 0, res.stderr

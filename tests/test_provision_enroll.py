@@ -147,7 +147,9 @@ def test_tarball_holds_the_bundle_with_its_modes(enrolled):
 
 def test_generated_configs_pass_wardgate_check_config(enrolled, capsys):
     for gw in IDS:
-        assert wardgate(["check-config", str(enrolled.bundle(gw) / bundle.CONFIG)]) == 0
+        # its files are on the gateway, not here
+        path = str(enrolled.bundle(gw) / bundle.CONFIG)
+        assert wardgate(["check-config", "--no-files", path]) == 0
     assert "gw-c: ok" not in capsys.readouterr().err
 
 

@@ -6,21 +6,24 @@ the frame's width and height (0..1), so they survive a change of stream resoluti
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from edge.confbase import Section, TopicSegment
+from edge.confbase import AnyPath, Pair, Section, TopicSegment
 
-PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Point = tuple[Fraction, Fraction]
+Point = Annotated[tuple[Fraction, Fraction], Pair]
+#: durations in seconds: finite (every Section), at least 10 ms, at most the given bound
+HOUR = 3600.0
+DAY = 86400.0
 
 
 def _check_polygon(points: list[Point]) -> list[Point]:
     if len(points) < 3:
         raise ValueError("a polygon needs at least 3 [x, y] points (fractions of width, height)")
+    if len(points) > 256:
+        raise ValueError(f"a polygon has at most 256 points (got {len(points)})")
     return points
 
 
@@ -36,13 +39,18 @@ class MotionSettings(Section):
     min_area: Fraction = Field(
         0.002, description="changed fraction of the (unmasked) frame that counts as motion"
     )
-    check_every_s: PositiveFloat = Field(
-        10.0, description="run the detector at least this often even without motion"
+    check_every_s: float = Field(
+        10.0, ge=0.01, le=HOUR, description="run the detector at least this often without motion"
     )
     busy_every_s: float = Field(
-        0.4, ge=0, description="while motion goes on or people are tracked, detect this often"
+        0.4,
+        ge=0,
+        le=HOUR,
+        description="while motion goes on or people are tracked, detect this often",
     )
-    warmup_frames: int = Field(10, ge=0, description="frames to learn the background first")
+    warmup_frames: int = Field(
+        10, ge=0, le=10_000, description="frames to learn the background first"
+    )
 
 
 class PersonSettings(Section):
@@ -54,12 +62,16 @@ class PersonSettings(Section):
     )
     min_box_area: Fraction = Field(0.0008, description="ignore boxes smaller than this fraction")
     confirm_frames: int = Field(3, ge=1, le=50, description="hits before a track is reported")
-    end_after_s: PositiveFloat = Field(4.0, description="unseen this long: the track ends")
-    update_every_s: PositiveFloat = Field(30.0, description="minimum gap between update events")
-    cooldown_s: float = Field(
-        2.0, ge=0, description="new-person events refill one per cooldown (token bucket)"
+    end_after_s: float = Field(
+        4.0, ge=0.01, le=HOUR, description="unseen this long: the track ends"
     )
-    burst: int = Field(5, ge=1, description="new-person events allowed back to back")
+    update_every_s: float = Field(
+        30.0, ge=0.01, le=DAY, description="minimum gap between update events"
+    )
+    cooldown_s: float = Field(
+        2.0, ge=0, le=DAY, description="new-person events refill one per cooldown (token bucket)"
+    )
+    burst: int = Field(5, ge=1, le=1000, description="new-person events allowed back to back")
     iou_match: Fraction = Field(0.25, description="IoU that continues a track")
 
 
@@ -71,16 +83,18 @@ class SmokeSettings(Section):
         2.0, ge=1.5, le=3.0, description="analysed frames per second (cues tuned at 1.5-3)"
     )
     width: int = Field(160, ge=64, le=640)
-    confirm_s: PositiveFloat = Field(4.0, description="cues must persist this long")
+    confirm_s: float = Field(4.0, ge=0.01, le=HOUR, description="cues must persist this long")
     min_area: Fraction = Field(0.03, description="fraction of the frame that must show cues")
-    cooldown_s: float = Field(120.0, ge=0, description="minimum gap between smoke events")
-    clear_after_s: PositiveFloat = Field(30.0, description="no cues this long: smoke cleared")
+    cooldown_s: float = Field(120.0, ge=0, le=DAY, description="minimum gap between smoke events")
+    clear_after_s: float = Field(
+        30.0, ge=0.01, le=DAY, description="no cues this long: smoke cleared"
+    )
 
 
 class SnapshotSettings(Section):
     enabled: bool = True
     max_bytes: int = Field(40_000, ge=4_000, le=1_000_000)
-    max_width: int = Field(640, ge=64)
+    max_width: int = Field(640, ge=64, le=4096)
     quality: int = Field(80, ge=20, le=100, description="first JPEG quality tried")
     draw_boxes: bool = True
 
@@ -93,28 +107,35 @@ class Zone(Section):
 class CameraConfig(Section):
     name: TopicSegment = Field(description="topic segment: events come from cam/<name>")
     url: str | None = Field(None, description="rtsp://... (or any FFmpeg URL)")
-    device: str | int | None = Field(None, description="/dev/videoN or N")
-    file: Path | None = Field(None, description="a video file (demo, testing)")
+    device: str | Annotated[int, Field(ge=0, le=255)] | None = Field(
+        None, description="/dev/videoN or N"
+    )
+    file: AnyPath | None = Field(
+        None, description="a video file (demo, testing; relative: from the working directory)"
+    )
     loop: bool = Field(False, description="file: start again at the end")
     realtime: bool = Field(
         True, description="file: play at its own speed; false: analyse every frame in order"
     )
     enabled: bool = True
-    fps: PositiveFloat = Field(5.0, description="analysed frames per second at most")
+    fps: float = Field(5.0, ge=0.1, le=60.0, description="analysed frames per second at most")
     transport: Literal["tcp", "udp"] = "tcp"
-    probe_s: PositiveFloat = Field(
-        1.0, description="how long FFmpeg studies a new stream before the first frame"
+    probe_s: float = Field(
+        1.0, ge=0.01, le=60.0, description="how long FFmpeg studies a new stream first"
     )
     decode_threads: int = Field(
         1, ge=0, le=16, description="FFmpeg decoder threads (0: one per core)"
     )
-    open_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 5.0
-    stall_timeout_s: PositiveFloat = Field(
-        10.0, description="no frame this long: reconnect and raise a camera_offline fault"
+    open_timeout_s: float = Field(10.0, ge=0.1, le=300.0)
+    read_timeout_s: float = Field(5.0, ge=0.1, le=300.0)
+    stall_timeout_s: float = Field(
+        10.0,
+        ge=0.1,
+        le=HOUR,
+        description="no frame this long: reconnect and raise a camera_offline fault",
     )
-    reconnect_initial_s: PositiveFloat = 1.0
-    reconnect_max_s: PositiveFloat = 30.0
+    reconnect_initial_s: float = Field(1.0, ge=0.01, le=600.0)
+    reconnect_max_s: float = Field(30.0, ge=0.01, le=HOUR)
     model: str | None = Field(None, description="detector profile; default: [vision].model")
     masks: list[Polygon] = Field(default_factory=list, description="polygons to ignore")
     zones: list[Zone] = Field(default_factory=list)
