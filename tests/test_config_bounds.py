@@ -5,8 +5,10 @@ checked, and hostile files (deep nesting, a BOM, huge values, a directory) get o
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -303,14 +305,53 @@ def test_world_readable_secret_is_a_warning_not_an_error(tmp_path):
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_unreadable_secret_is_an_error(tmp_path):
-    files = _secrets(tmp_path)
-    files["gw.key"].chmod(0o000)
-    path = tmp_path / "config.toml"
-    path.write_text(_with_files(files))
-    res = check_config(path)
-    assert res.returncode == 1 and "uplink.tls.key: cannot be read by this user" in res.stderr
+def test_secret_the_service_user_cannot_read_is_an_error(tmp_path):
+    """As the unit runs it: check-config as an unprivileged user, the key owned by root, 0600."""
+    if os.geteuid() == 0:  # CI runs as root, who reads every file: check as `nobody` instead
+        work = Path(tempfile.mkdtemp(prefix="wg-cfg-"))
+        work.chmod(0o755)
+        as_user = {"user": 65534, "group": 65534, "extra_groups": []}
+        try:
+            usable = subprocess.run([sys.executable, "-c", "import edge"], cwd=REPO, **as_user)
+        except OSError:
+            usable = None
+        if usable is None or usable.returncode != 0:
+            shutil.rmtree(work)
+            pytest.skip("this Python cannot run as nobody (e.g. a pyenv under /root)")
+    else:
+        work, as_user = tmp_path, {}
+    try:
+        files = _secrets(work)
+        files["gw.key"].chmod(0o000 if not as_user else 0o600)
+        path = work / "config.toml"
+        path.write_text(_with_files(files))
+        path.chmod(0o644)
+        for name in ("pw", "ca.crt", "gw.crt"):
+            files[name].chmod(0o644)
+        res = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            **as_user,
+        )
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1, res.stderr
+        assert [line for line in lines if "warning" not in line] == [
+            f"{path}:10: uplink.tls.key: cannot be read by this user "
+            f"({'nobody' if as_user else _me()}): {files['gw.key']}: Permission denied"
+        ], lines
+    finally:
+        if as_user:
+            shutil.rmtree(work)
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 # --- hostile files: one short line each ---------------------------------------------------------
