@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
 from edge.config import DEFAULT_PATH
 
 
@@ -57,6 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: Ctrl-C)")
     p.add_argument("--workdir", type=Path, default=None, help="keep demo files here")
     p.add_argument("--plain", action="store_true", help="print lines instead of a live table")
+    p.add_argument(
+        "--without",
+        action="append",
+        choices=("camera", "node"),
+        default=[],
+        help="leave a part out on purpose (otherwise a missing part ends the demo with exit 1)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="only check that every promised part is here"
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -92,13 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config)
     if cfg is None:
-        return 2
-    logging.getLogger().setLevel(cfg.logging.level.upper())
+        return EXIT_CONFIG
+    if not getattr(args, "log_level_set", False):  # -v / --log-level win over the config
+        logging.getLogger().setLevel(cfg.logging.level.upper())
     try:
         gateway = Gateway(cfg, config_path=args.config)
     except (OutboxError, OSError) as exc:
-        print(f"wardgate: {exc}", file=sys.stderr)
-        return 2
+        print(f"wardgate run: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return gateway.run_forever()
 
 
@@ -112,7 +124,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             payload = Path(args.file).read_bytes()
         except OSError as exc:
             print(f"wardgate decode: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     try:
         obj = decode_any(payload)
     except Exception as exc:
@@ -133,7 +145,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
             password = args.password_file.read_text().strip()
         except OSError as exc:
             print(f"wardgate alarms: --password-file: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     opts = ReceiverOptions(
         host=args.host,
         port=args.port,
@@ -161,4 +173,14 @@ def cmd_alarms(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
-    return run_demo(duration=args.duration, workdir=args.workdir, plain=args.plain)
+    try:
+        return run_demo(
+            duration=args.duration,
+            workdir=args.workdir,
+            plain=args.plain,
+            without=frozenset(args.without),
+            check_only=args.check,
+        )
+    except RuntimeError as exc:  # a part that passed the preflight and still did not start
+        print(f"wardgate demo: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

