@@ -13,6 +13,7 @@ Who may do what (topic tree: edge/topics.py, docs/topics.md):
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from provisioning.fleet import FleetDir, FleetSettings
 
 if TYPE_CHECKING:
     from edge.devbroker import MosquittoBroker
+    from provisioning.inventory import Inventory
 
 ROLES = ("gateway", "receiver", "operator")
 
@@ -30,6 +32,16 @@ ROLES = ("gateway", "receiver", "operator")
 #: taking it out of the operators' reads (`topic deny` denies both). A fleet can grant newer
 #: commands in fleet.toml `[accounts] extra_commands`.
 COMMANDS = GATEWAY_COMMANDS
+
+
+#: Names that no gateway and no account may take (compared case-insensitively): Mosquitto's
+#: own, those a bridge or an admin tool of the broker host would use, and this tool's.
+RESERVED_NAMES = frozenset(
+    {"admin", "anonymous", "bridge", "broker", "mosquitto", "root", "wardgate"}
+)
+#: Gateway ids may not start with this while `receiver_per_district` makes `rx-<district>`
+#: accounts: a later district would otherwise turn a gateway's name into a receiver's.
+RECEIVER_PREFIX = "rx-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +71,72 @@ def wanted_accounts(settings: FleetSettings, districts: Iterable[str]) -> list[A
     for op in cfg.operator:
         accounts[op.name] = Account(op.name, "operator", tuple(op.districts))
     return sorted(accounts.values(), key=lambda a: a.name)
+
+
+def name_problems(settings: FleetSettings, inventory: Inventory, settings_path: Path) -> list[str]:
+    """Every clash between a gateway id and a broker account name, as file:line problems.
+
+    A gateway id is the gateway's MQTT username and (forced by the broker) its client id, and
+    the ACL is keyed by username: a gateway named like an account would get that account's
+    rights merged into its own, and the two would disconnect each other."""
+    problems: list[str] = []
+    toml_lines = _account_lines(settings_path)
+    roles: dict[str, list[tuple[str, int | None]]] = {}
+    for role, entries in (("receiver", settings.accounts.receiver),
+                          ("operator", settings.accounts.operator)):  # fmt: skip
+        for entry in entries:
+            roles.setdefault(entry.name.lower(), []).append((role, toml_lines.get(entry.name)))
+    for name, uses in sorted(roles.items()):
+        where = ", ".join(f"{settings_path}:{line}" for _, line in uses if line) or settings_path
+        kinds = sorted({role for role, _ in uses})
+        if len(kinds) > 1:
+            problems.append(f"{where}: account name {name!r} is both an operator and a receiver; "
+                            "each account needs its own name")  # fmt: skip
+        elif len(uses) > 1:
+            problems.append(f"{where}: {kinds[0]} account name {name!r} is given twice")
+        if name in RESERVED_NAMES:
+            problems.append(f"{where}: account name {name!r} is reserved "
+                            f"({', '.join(sorted(RESERVED_NAMES))}); choose another")  # fmt: skip
+    accounts = {a.name.lower(): a for a in wanted_accounts(settings, inventory.districts)}
+    per_district = settings.accounts.receiver_per_district
+    for row in inventory.rows:
+        key = row.id.lower()
+        here = f"{inventory.path}:{row.line}: id: {row.id!r}"
+        account = accounts.get(key)
+        if account is not None:
+            line = toml_lines.get(account.name)
+            origin = f"{settings_path}:{line}" if line else (
+                f"{settings_path}: receiver_per_district = true")  # fmt: skip
+            problems.append(
+                f"{here} is also the name of the {account.role} account {account.name!r} "
+                f"({origin}). A gateway id is its MQTT username "
+                "and client id: the two would share ACL rights and disconnect each other; "
+                "rename the gateway or the account"
+            )
+        elif key in RESERVED_NAMES:
+            problems.append(f"{here} is reserved ({', '.join(sorted(RESERVED_NAMES))}); "
+                            "choose another gateway id")  # fmt: skip
+        elif per_district and key.startswith(RECEIVER_PREFIX):
+            problems.append(
+                f"{here}: the prefix {RECEIVER_PREFIX!r} is reserved for the per-district "
+                f"receiver accounts ({settings_path}: receiver_per_district = true); choose "
+                "another gateway id"
+            )
+    return problems
+
+
+def _account_lines(settings_path: Path) -> dict[str, int]:
+    """name -> line of `name = "..."` in fleet.toml (for error messages only)."""
+    out: dict[str, int] = {}
+    try:
+        text = settings_path.read_text(encoding="utf-8")
+    except OSError:
+        return out
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = re.match(r"""\s*name\s*=\s*["']([^"']+)["']""", line)
+        if m:
+            out.setdefault(m.group(1).strip(), number)
+    return out
 
 
 def operator_commands(settings: FleetSettings) -> tuple[str, ...]:
@@ -134,20 +212,29 @@ def render_mosquitto_conf(
             "allow_anonymous false",
             f"password_file {d}/passwd",
             f"acl_file {d}/acl",
+            "# A retained message is replayed only while its publisher may still write there:",
+            "# what a removed gateway left retained (state, or a forged retained event) dies",
+            "# with it. (mosquitto.conf(5) calls this the default; 2.0.11 does it only when set.)",
+            "check_retain_source true",
             "",
             "# Gateways: TLS with a client certificate from the fleet CA. Its CN (the gateway id)",
             "# is the username the ACL applies to; revoked certificates are refused (crlfile).",
+            "# Client id := username on both listeners: whatever id a client asks for, it gets",
+            "# its own account's, so no account can take over (disconnect) a gateway's",
+            "# connection or session; a second connection of one account replaces the first.",
             f"listener {cert_port or b.cert_port}{where}",
             *tls,
             f"crlfile {d}/crl.pem",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
             "tls_version tlsv1.2",
             "",
             "# Fire-brigade receivers, operators (and gateways without a certificate): TLS with a",
             "# server certificate, then username and password from the password file.",
             f"listener {password_port or b.password_port}{where}",
             *tls,
+            "use_username_as_clientid true",
             "tls_version tlsv1.2",
             "",
         ]

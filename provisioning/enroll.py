@@ -25,6 +25,7 @@ from provisioning import boot, bundle, pki
 from provisioning.broker import (
     Account,
     GatewayEntry,
+    name_problems,
     operator_commands,
     render_acl,
     render_mosquitto_conf,
@@ -143,6 +144,9 @@ class Enroller:
         reissue: dict[str, str] | None = None,
     ) -> Report:
         """reissue: gateway id -> CRL reason (e.g. key_compromise) for a new key and cert."""
+        clashes = name_problems(self.settings, inventory, self.fleet.settings_path)
+        if clashes:
+            raise FleetError("\n".join([*clashes, "Nothing was changed."]))
         with self._locked(), _open_registry(self.fleet) as reg:
             if not dry_run:
                 self._recover_staging(reg)

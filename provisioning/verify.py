@@ -14,7 +14,6 @@ import socket
 import ssl
 import stat
 import threading
-import uuid
 from pathlib import Path
 
 from cryptography import x509
@@ -281,6 +280,8 @@ def _check_password(directory: Path, result: Result, cfg) -> None:
 
 def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     host = host or cfg.uplink.host
     port = port or cfg.uplink.port
@@ -294,10 +295,16 @@ def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(_local(directory, tls.ca)))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(_local(directory, tls.cert)), str(_local(directory, tls.key)))
+    # The broker forces the client id to the gateway id (use_username_as_clientid): this
+    # connection *is* the gateway's. It resumes the gateway's session (clean_start false,
+    # the config's session expiry) and acknowledges nothing (manual_ack), so commands queued
+    # for the gateway are redelivered to it, not consumed here. A gateway online right now
+    # is disconnected once and reconnects.
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{cfg.gateway.id}-verify-{uuid.uuid4().hex[:8]}",
+        client_id=cfg.gateway.id,
         protocol=mqtt.MQTTv5,
+        manual_ack=True,
     )
     client.tls_set_context(ctx)
     password = None
@@ -321,7 +328,9 @@ def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -
     client.on_disconnect = on_disconnect
     where = f"{host}:{port}"
     try:
-        client.connect(host, port, keepalive=10)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.uplink.session_expiry_s
+        client.connect(host, port, keepalive=10, clean_start=False, properties=props)
     except ssl.SSLCertVerificationError as exc:
         result.add(
             FAIL,

@@ -88,6 +88,7 @@ class Peer:
         key: Path | None = None,
         username: str | None = None,
         password: str | None = None,
+        client_id: str | None = None,
     ) -> None:
         if gateway is not None and cert is None:
             cert = bundle_file(fleet, gateway, "tls/gateway.crt")
@@ -98,7 +99,7 @@ class Peer:
         self.port = port
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"test-{uuid.uuid4().hex[:10]}",
+            client_id=client_id or f"test-{uuid.uuid4().hex[:10]}",
             protocol=mqtt.MQTTv5,
         )
         self.client.tls_set_context(ctx)
@@ -109,14 +110,19 @@ class Peer:
         self._acks: dict[int, threading.Event] = {}
         self._ack_codes: dict[int, object] = {}
         self.connect_reason = None
+        self.disconnects = 0  # connections the broker (or the network) closed
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *a: self._connack.set()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
         self.client.on_subscribe = self._on_ack
         self.client.on_publish = self._on_ack
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.connect_reason = reason_code
+        self._connack.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnects += 1
         self._connack.set()
 
     def _on_ack(self, client, userdata, mid, reason_codes, properties):
