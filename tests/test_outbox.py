@@ -4,7 +4,12 @@ import pytest
 
 from edge.events import Event, Kind, Lane, decode
 from edge.uplink.outbox import Outbox, OutboxError, expired, remaining_expiry_s
-from tests.test_outbox_disk import fill, tmpfs  # noqa: F401  (tmpfs: a fixture)
+from tests.test_outbox_disk import fill, mount_tmpfs
+
+
+@pytest.fixture
+def tmpfs():
+    yield from mount_tmpfs()
 
 
 def ev(kind, n=0):
@@ -102,6 +107,18 @@ def test_disk_full_with_nothing_to_evict_holds_alarms_in_memory(tmpfs):
     # acknowledging them (the spilled ones too) frees them, on the full filesystem
     box.delete([r.id for r in rows])
     assert len(box) == 0
+
+
+def test_disk_budget_evicts_and_alarms_go_past_it_not_to_memory(tmp_path):
+    box = Outbox(tmp_path / "o.db", fsync="normal", disk_budget_mb=4, reserve_kb=64)
+    for i in range(2500):  # ~7 MB of telemetry into a 4 MB budget
+        box.put(Event(Kind.TELEMETRY, "s", {"blob": "x" * 3000, "i": i}), "t")
+    assert box.evictions["bulk"] > 500
+    size = sum(f.stat().st_size for f in tmp_path.iterdir())
+    assert size <= 4 * 1024 * 1024 + 64 * 1024, size
+    alarms = [box.put(Event(Kind.ALARM, "s", {"pad": "y" * 3000}), "t") for _ in range(2000)]
+    assert "memory_spill" not in box.depth()  # past the budget, on disk: the fs has room
+    assert [r.payload for r in drain(box, Lane.CRITICAL)] == [a.to_cbor() for a in alarms]
 
 
 def test_outbox_from_the_previous_release_opens_and_sends(tmp_path):

@@ -27,9 +27,8 @@ from tests.harness import REPO, GatewayProcess, Watcher, gateway_config_text, wr
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def tmpfs():
-    """A real 2 MiB tmpfs (CI runs as root)."""
+def mount_tmpfs():
+    """A real 2 MiB tmpfs (CI runs as root); a generator for fixtures."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mnt = Path(tempfile.mkdtemp(prefix="wg-tmpfs-"))
@@ -39,6 +38,11 @@ def tmpfs():
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
         mnt.rmdir()
+
+
+@pytest.fixture
+def tmpfs():
+    yield from mount_tmpfs()
 
 
 @pytest.fixture

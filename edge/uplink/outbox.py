@@ -399,6 +399,14 @@ class Outbox:
         restarted = self._checkpoint()
         if evict and self._evict_batch(lane):
             return True
+        if lane is Lane.CRITICAL and self._fs_free() > self._reserve.size + 64 * self._page:
+            # the budget is full of alarms but the filesystem has room: alarms go past it
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            if pages >= self.max_pages - 1:
+                self.max_pages = pages + 64
+                self._db.execute(f"PRAGMA max_page_count={self.max_pages}")
+                self._set_state("over budget", logging.ERROR)
+                return True
         if not evict:  # deleting delivered rows: may use the whole reserve
             depth = _Reserve.DELETE
         else:
@@ -454,6 +462,8 @@ class Outbox:
             "one first",
             "reserve released": "filesystem full: disk reserve released so that eviction and "
             "checkpoints can run; free space on the outbox's filesystem",
+            "over budget": "the disk budget is full of alarms and faults: accepting more past "
+            "it while the filesystem has room",
             "spilling": "filesystem full and nothing left to evict: alarms are held in memory "
             "until the disk has room (free space now)",
         }
