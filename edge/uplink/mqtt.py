@@ -5,6 +5,9 @@ the outbox in lane order, so nothing depends on paho's in-memory queue (which a 
 Each client runs paho's own network thread (loop_start): only then does paho queue writes from
 other threads for that thread; otherwise publish() writes to the socket in the calling thread,
 and concurrent writers corrupt a TLS stream (seen: "Protocol error" disconnects).
+Each connection's state lives in one `_Link` with an epoch: callbacks and sender writes of an old
+connection are dropped, only outbox rows enter the acknowledgement map, and the window honours the
+broker's Receive Maximum (issue 8).
 Reconnects use capped exponential backoff with full jitter (the `backoff` package). The session
 is persistent (clean_start=False, a session expiry), so commands sent while we were away wait.
 """
@@ -17,6 +20,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,6 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.clock import mono_s
 from edge.config import UplinkSection, read_password
 from edge.events import Event, Lane, now_ms
 from edge.topics import GatewayTopics
@@ -40,6 +45,49 @@ from edge.uplink.outbox import (
 log = logging.getLogger("wardgate.uplink")
 
 MessageHandler = Callable[[str, bytes, Any], None]
+
+
+class _Link:
+    """Everything that belongs to one connection, replaced whole (never reset) on reconnect.
+
+    paho hands each callback its link (the client's userdata); a callback whose link is no
+    longer the current one is ignored, and the sender re-checks the link after every call that
+    can block. So an old connection's cursor, in-flight map or late PUBACK cannot reach the new
+    one: the fields below are per connection by construction, not by a reset racing a writer.
+    """
+
+    __slots__ = (
+        "epoch",
+        "client",
+        "up",
+        "down",
+        "window",
+        "inflight",
+        "cursor",
+        "spill_sent",
+        "acks",
+        "refused",
+        "recheck",
+    )
+
+    def __init__(self, epoch: int, client: mqtt.Client, max_inflight: int) -> None:
+        self.epoch = epoch
+        self.client = client
+        self.up = False  # between a successful CONNACK and the disconnect
+        self.down = threading.Event()
+        self.window = max_inflight  # min(uplink.max_inflight, the broker's Receive Maximum)
+        # Owned by the sender thread alone. Only outbox rows ever enter `inflight` (QoS 0 and
+        # volatile publishes never do), and a row leaves it only when its own MQTTMessageInfo is
+        # published: paho sets that for the message it popped on that PUBACK, so a PUBACK or a
+        # QoS 0 write that merely shares a message id (ids wrap at 65,535) cannot settle a row.
+        self.inflight: dict[int, tuple[int, mqtt.MQTTMessageInfo]] = {}  # mid -> row id, info
+        self.cursor: dict[Lane, int] = {lane: 0 for lane in Lane}
+        self.spill_sent: set[int] = set()
+        # Written by paho's thread, read by the sender: on_publish's message ids (hints that
+        # something settled; deque appends need no lock) and the reason of each failed PUBACK.
+        self.acks: deque[int] = deque()
+        self.refused: dict[int, str] = {}
+        self.recheck: list[int] = []  # hinted ids whose info paho had not yet marked published
 
 
 class Uplink:
@@ -59,17 +107,12 @@ class Uplink:
         self.on_message: MessageHandler | None = None
         self._password = read_password(cfg)
         self._stop = threading.Event()
+        # _wake guards _link replacement, link.up and _kicked; it is never held while calling
+        # into paho (paho runs on_publish under its own message lock, which publish() takes)
         self._wake = threading.Condition()
-        self._client: mqtt.Client | None = None
-        self._connected = threading.Event()
-        self._link_down = threading.Event()
-        # guarded by _wake, which is never held while calling into paho (paho calls
-        # on_publish with its own lock held: holding ours across publish() would deadlock)
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
-        self._early: dict[int, bool] = {}  # PUBACKs that beat publish() returning: mid -> ok
-        self._spill_sent: set[int] = set()
-        self._acked: list[int] = []
-        self._cursor: dict[Lane, int] = {}
+        self._kicked = False
+        self._link: _Link | None = None
+        self._epoch = 0
         self._threads: list[threading.Thread] = []
         self._connections = 0
         self._connected_ok_once = False  # reset the backoff after a successful CONNACK
@@ -88,7 +131,8 @@ class Uplink:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        link = self._link
+        return link is not None and link.up
 
     @property
     def last_error(self) -> str:
@@ -104,22 +148,24 @@ class Uplink:
 
     def kick(self) -> None:
         with self._wake:
+            self._kicked = True  # a kick while the sender is busy is not lost
             self._wake.notify()
 
     def publish_volatile(self, topic: str, payload: bytes, qos: int = 0, **props: Any) -> bool:
-        """Publish now if connected (snapshots, command replies); never stored."""
-        client = self._client
-        if client is None or not self.connected:
+        """Publish now if connected (snapshots, command replies); never stored, never tracked:
+        its PUBACK (or, for QoS 0, its write) cannot settle an outbox row."""
+        link = self._link
+        if link is None or not link.up:
             self.stats["volatile_dropped"] += 1
             return False
         properties = _properties(**props) if props else None
-        info = client.publish(topic, payload, qos=qos, properties=properties)
+        info = link.client.publish(topic, payload, qos=qos, properties=properties)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until the outbox is empty (and acknowledged), or the timeout passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = mono_s() + timeout
+        while mono_s() < deadline:
             if len(self.outbox) == 0:
                 return True
             time.sleep(0.05)
@@ -128,10 +174,12 @@ class Uplink:
     def stop(self, flush_timeout: float = 5.0) -> None:
         if self.connected and flush_timeout > 0:
             self.wait_drained(flush_timeout)
-        client = self._client
-        if client is not None and self.connected:
+        link = self._link
+        if link is not None and link.up:
             # a clean goodbye: mark offline ourselves (DISCONNECT suppresses the will)
-            info = client.publish(self.topics.state, self._state_payload(False), qos=1, retain=True)
+            info = link.client.publish(
+                self.topics.state, self._state_payload(False), qos=1, retain=True
+            )
             try:
                 info.wait_for_publish(2)
             except (RuntimeError, ValueError):
@@ -142,10 +190,11 @@ class Uplink:
             t.join(5)
 
     def status(self) -> dict[str, Any]:
+        link = self._link
         return {
             "connected": self.connected,
             "connections": self._connections,
-            "inflight": len(self._inflight),
+            "inflight": len(link.inflight) if link is not None and link.up else 0,
             **({"last_error": self._last_error} if self._last_error else {}),
             **self.stats,
         }
@@ -158,7 +207,7 @@ class Uplink:
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
-        client.max_inflight_messages_set(0)  # the pump bounds the window itself
+        client.max_inflight_messages_set(0)  # set from the CONNACK's Receive Maximum
         client.max_queued_messages_set(0)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self._password)
@@ -196,13 +245,17 @@ class Uplink:
     def _connection_loop(self) -> None:
         delays = self._backoff_delays()
         while not self._stop.is_set():
+            link: _Link | None = None
             try:
                 client = self._new_client()
-                self._client = client
+                with self._wake:
+                    self._epoch += 1
+                    link = _Link(self._epoch, client, self.cfg.max_inflight)
+                    self._link = link
+                client.user_data_set(link)
                 props = _properties(
                     PacketTypes.CONNECT, SessionExpiryInterval=self.cfg.session_expiry_s
                 )
-                self._link_down.clear()
                 client.connect(
                     self.cfg.host,
                     self.cfg.port,
@@ -212,10 +265,10 @@ class Uplink:
                 )
                 client.loop_start()
                 try:
-                    while not self._link_down.wait(0.5) and not self._stop.is_set():
+                    while not link.down.wait(0.5) and not self._stop.is_set():
                         pass
                 finally:
-                    if self._stop.is_set() and self.connected:
+                    if self._stop.is_set() and link.up:
                         client.disconnect()
                     client.loop_stop()
             except _SetupError as exc:
@@ -233,7 +286,9 @@ class Uplink:
                 log.exception("uplink connection loop error")
                 self._error(f"unexpected uplink error: {exc!r}")
             finally:
-                self._connected.clear()
+                if link is not None:
+                    with self._wake:
+                        link.up = False
             if self._stop.is_set():
                 break
             if self._connected_ok_once:
@@ -250,7 +305,9 @@ class Uplink:
             log.debug("%s", message)
         self._last_error = message
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client, link: _Link, flags, reason_code, properties) -> None:
+        if link is not self._link:
+            return  # a late callback of a previous connection
         if reason_code.is_failure:
             hint = ""
             if reason_code.value in (0x86, 0x87, 0x8C):
@@ -259,55 +316,50 @@ class Uplink:
                     "or the client certificate)"
                 )
             self._error(f"broker refused the connection: {reason_code}{hint}")
-            self._link_down.set()
+            link.down.set()
             return
+        # MQTT 5 3.2.2.3.3: no more unacknowledged QoS 1/2 PUBLISHes than the broker's Receive
+        # Maximum (65,535 when absent). paho enforces it for every publish, volatile ones too
+        # (queuing the excess); the sender keeps its rows within the same bound.
+        receive_max = getattr(properties, "ReceiveMaximum", None) or 65535
+        _limit_inflight(client, receive_max)
+        link.window = max(1, min(self.cfg.max_inflight, receive_max))
         self._connections += 1
         self._connected_ok_once = True
         self._last_error = ""
         log.info(
-            "connected to %s:%s (session present: %s)",
+            "connected to %s:%s (session present: %s, receive maximum %d)",
             self.cfg.host,
             self.cfg.port,
             flags.session_present,
+            receive_max,
         )
         client.subscribe(
             [(self.topics.cmd_filter, 1), (self.topics.ack, 1)],
         )
         client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
         with self._wake:
-            self._inflight.clear()
-            self._early.clear()
-            self._spill_sent.clear()
-            self._acked.clear()
-            self._cursor = {lane: 0 for lane in Lane}
-            self._connected.set()
+            link.up = True
+            self._kicked = True
             self._wake.notify()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connected.clear()
-        self._link_down.set()
-        if not self._stop.is_set():
+    def _on_disconnect(self, client, link: _Link, flags, reason_code, properties) -> None:
+        with self._wake:
+            link.up = False
+        link.down.set()
+        if link is self._link and not self._stop.is_set():
             log.warning("disconnected from broker: %s", reason_code)
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if client is not self._client:
+    def _on_publish(self, client, link: _Link, mid, reason_code, properties) -> None:
+        """A PUBACK (or, for QoS 0, a write) for message id `mid`: only a hint for the sender,
+        which settles a row only if that row's own message is the one paho marked published."""
+        if link is not self._link:
             return  # a late callback of a previous connection
+        if reason_code.is_failure:
+            link.refused[mid] = str(reason_code)  # before the hint: the sender reads it after
+        link.acks.append(mid)
         with self._wake:
-            row_id = self._inflight.pop(mid, None)
-            if row_id is None:
-                self._early[mid] = not reason_code.is_failure
-                return
-            self._settle(row_id, not reason_code.is_failure, str(reason_code))
-
-    def _settle(self, row_id: int, ok: bool, reason: str = "") -> None:
-        """Record a PUBACK (caller holds _wake)."""
-        if ok:
-            self._acked.append(row_id)
             self._wake.notify()
-            return
-        # the broker refused it (e.g. ACL): keep it, try again on the next connection
-        self.stats["rejected"] += 1
-        self._error(f"broker rejected a publish: {reason} (event kept in the outbox)")
 
     def _on_message(self, client, userdata, msg) -> None:
         if self.on_message is not None:
@@ -328,73 +380,119 @@ class Uplink:
 
     # --- the pump --------------------------------------------------------------------------
     def _pump(self) -> None:
-        """Delete acknowledged rows, then fill the in-flight window, most important lane first."""
+        """Delete acknowledged rows, then fill the in-flight window, most important lane first.
+
+        Works on one link at a time; a link that went down (or was replaced) while the pump
+        waited or blocked on the outbox is dropped, with whatever it was doing, and the next
+        pass starts on the new link from its own fresh state."""
         while not self._stop.is_set():
             with self._wake:
-                acked, self._acked = self._acked, []
-                if not acked:
-                    self._wake.wait(0.5)
-                    acked, self._acked = self._acked, []
+                link = self._link
+                live = link is not None and link.up
+                if not self._kicked and not (live and link.acks):
+                    # a hinted row whose info paho is about to mark published: look again soon
+                    self._wake.wait(0.002 if live and link.recheck else 0.5)
+                self._kicked = False
+                link = self._link
+                if link is None or not link.up:
+                    continue
             try:
-                if self.connected:
-                    self._fill_window()  # first: a new alarm must not wait behind a delete
+                acked = self._settle(link)
+                self._fill_window(link)  # first: a new alarm must not wait behind a delete
                 if acked:
-                    self.outbox.delete(acked)
+                    self.outbox.delete(acked)  # acknowledged on the broker: valid on any link
                     self.stats["acked"] += len(acked)
-                    if self.connected:
-                        self._fill_window()
+                    self._fill_window(link)
             except Exception:
                 log.exception("uplink pump error; retrying")
                 self._stop.wait(0.5)
 
-    def _fill_window(self) -> None:
-        client = self._client
-        window = self.cfg.max_inflight - len(self._inflight)
-        if client is None or window <= 0:
+    def _settle(self, link: _Link) -> list[int]:
+        """Turn on_publish hints into acknowledged row ids (sender thread only)."""
+        acks, inflight = link.acks, link.inflight
+        mids = link.recheck
+        link.recheck = []
+        while acks:
+            mids.append(acks.popleft())
+        acked: list[int] = []
+        for mid in mids:
+            entry = inflight.get(mid)
+            if entry is None:
+                link.refused.pop(mid, None)  # a volatile publish's: no row was sent with it
+                continue
+            row_id, info = entry
+            if not info.is_published():
+                # paho calls on_publish just before marking the message published; or this
+                # hint was a volatile publish's that shares the id of a row still in flight
+                link.recheck.append(mid)
+                continue
+            del inflight[mid]
+            reason = link.refused.pop(mid, None)
+            if reason is None:
+                acked.append(row_id)
+            else:  # the broker refused it (e.g. ACL): keep it, try again on the next connection
+                self.stats["rejected"] += 1
+                self._error(f"broker rejected a publish: {reason} (event kept in the outbox)")
+        return acked
+
+    def _fill_window(self, link: _Link) -> None:
+        window = link.window - len(link.inflight)
+        if window <= 0:
             return
         expired_ids: list[int] = []
-        for lane in Lane:
-            if window <= 0:
-                break
-            rows = self.outbox.pending(lane, self._cursor.get(lane, 0), window, self._spill_sent)
-            for row in rows:
-                if row.id > 0:
-                    self._cursor[lane] = row.id
-                else:
-                    self._spill_sent.add(row.id)
-                if expired(row):
-                    expired_ids.append(row.id)
-                    continue
-                if not self._send(client, row):
-                    return
-                window -= 1
-        if expired_ids:
-            self.stats["expired"] += self.outbox.delete(expired_ids, reason="expired")
+        try:
+            for lane in Lane:
+                if window <= 0:
+                    break
+                rows = self.outbox.pending(lane, link.cursor[lane], window, link.spill_sent)
+                if link is not self._link or not link.up:
+                    return  # the link changed while we waited for the outbox: start over
+                for row in rows:
+                    if expired(row):
+                        expired_ids.append(row.id)
+                    elif not self._send(link, row):
+                        return  # cursor not advanced: this row goes first next time
+                    else:
+                        window -= 1
+                    if row.id > 0:
+                        link.cursor[lane] = row.id
+                    else:
+                        link.spill_sent.add(row.id)
+        finally:
+            if expired_ids:
+                self.stats["expired"] += self.outbox.delete(expired_ids, reason="expired")
 
-    def _send(self, client: mqtt.Client, row: Row) -> bool:
+    def _send(self, link: _Link, row: Row) -> bool:
         remaining = remaining_expiry_s(row) if row.lane != Lane.CRITICAL else None
-        if not self.connected:
-            return False
-        info = client.publish(
+        info = link.client.publish(
             row.topic,
             row.payload,
             qos=1,
             properties=_publish_properties(self.cfg.format, remaining),
         )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return False  # the connection just dropped: sent again on the next one
-        with self._wake:
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._inflight[info.mid] = row.id
-            else:
-                self._settle(row.id, early, "refused")
+            # no connection (this link is over), or paho still holds a volatile message under
+            # the id it just drew: either way the row is sent again, with a fresh id
+            return False
+        link.inflight[info.mid] = (row.id, info)
         self.stats["sent"] += 1
         return True
 
 
 class _SetupError(Exception):
     """Our own configuration stops the connection (not the network): say what to fix."""
+
+
+def _limit_inflight(client: mqtt.Client, receive_max: int) -> None:
+    """Make paho hold back QoS 1/2 publishes beyond `receive_max` (it queues and sends them as
+    PUBACKs free slots). paho's setter refuses once the socket is open, because changing the
+    limit under messages already in flight is untested there; in on_connect of a fresh client
+    nothing has been published yet (the sender and publish_volatile wait for `up`), so setting
+    the same attribute the setter sets is exactly as if it had been set before connecting."""
+    if hasattr(client, "_max_inflight_messages"):
+        client._max_inflight_messages = receive_max
+    else:  # a paho without that attribute: our rows still keep to the window
+        log.warning("cannot apply the broker's Receive Maximum to volatile publishes")
 
 
 @functools.lru_cache(maxsize=512)
