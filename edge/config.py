@@ -99,6 +99,19 @@ class OutboxSection(Section):
         "critical",
         description="critical: alarms and faults survive a power cut once accepted; full: all",
     )
+    disk_budget_mb: int = Field(
+        512,
+        ge=4,
+        le=1_048_576,
+        description="most disk the outbox uses (database + WAL + reserve); past it, eviction",
+    )
+    reserve_kb: int = Field(
+        8192,
+        ge=64,
+        le=1_048_576,
+        description="preallocated file released on a full filesystem so eviction, deletes and "
+        "checkpoints can run (capped at 1/8 of the budget and of the filesystem)",
+    )
 
 
 class HealthSection(Section):
