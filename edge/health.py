@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from edge.events import Kind
-from edge.pipeline import Pipeline
+from edge.pipeline import NotAccepted, Pipeline
 
 if TYPE_CHECKING:
     from edge.runtime import Gateway
@@ -70,7 +70,13 @@ class Heartbeat(Pipeline):
         self.set_state("ok")
         interval = self.gateway.config.health.heartbeat_s
         while not stop.is_set():
-            self.gateway.emit(Kind.TELEMETRY, "gateway", self.snapshot())
+            try:
+                self.gateway.emit(Kind.TELEMETRY, "gateway", self.snapshot())
+            except NotAccepted as exc:  # telemetry: the next beat says the same, newer
+                self.set_state("degraded", str(exc)[:200])
+            else:
+                if self.state != "ok":
+                    self.set_state("ok")
             stop.wait(interval)
 
 
@@ -88,11 +94,17 @@ class TestSource(Pipeline):
         self.set_state("ok")
         next_alarm = time.monotonic() + self.cfg.alarm_every_s if self.cfg.alarm_every_s else None
         while not stop.wait(self.cfg.interval_s):
-            self.sent += 1
-            self.ctx.emit(Kind.READING, "test/counter", {"value": self.sent})
-            if next_alarm is not None and time.monotonic() >= next_alarm:
-                self.ctx.emit(Kind.ALARM, "test/alarm", {"cause": "test"})
-                next_alarm += self.cfg.alarm_every_s
+            try:
+                self.ctx.emit(Kind.READING, "test/counter", {"value": self.sent + 1})
+                self.sent += 1
+                if next_alarm is not None and time.monotonic() >= next_alarm:
+                    self.ctx.emit(Kind.ALARM, "test/alarm", {"cause": "test"})
+                    next_alarm += self.cfg.alarm_every_s  # only once it was committed
+            except NotAccepted as exc:
+                self.set_state("degraded", str(exc)[:200])
+                continue
+            if self.state != "ok":
+                self.set_state("ok")
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "sent": self.sent}

@@ -3,6 +3,12 @@
 A pipeline is a loop in its own thread. It reports what it sees through `ctx.emit`, which returns
 only once the event is durable, and its health through `set_state`. The supervisor restarts a
 pipeline whose `run` raises, so one broken camera never stops a fire alarm.
+
+The accept contract: `ctx.emit` either commits the event (and returns it) or raises
+`NotAccepted`; there is no third outcome. A pipeline changes what it remembers about the world
+(a sequence number seen, an alarm latched, a fault raised) and acknowledges a device only after
+`emit` returned. On `NotAccepted` it leaves that state as it was, so the same observation is
+emitted again when the device repeats it or the next poll still sees it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 AckListener = Callable[[str, dict[str, Any]], None]
 
 
+class NotAccepted(RuntimeError):
+    """`emit` could not commit the event: nothing was stored and nothing will be sent.
+
+    The caller must not treat the event as delivered: no acknowledgement to the device, no
+    latch or dedupe state recorded. `__cause__` holds the storage error."""
+
+
 class Context(Protocol):
     """What the runtime offers a pipeline."""
 
@@ -37,7 +50,11 @@ class Context(Protocol):
         data: dict[str, Any] | None = None,
         severity: Severity | None = None,
     ) -> Event:
-        """Commit an event to the outbox; it reaches the broker as soon as it can."""
+        """Commit an event to the outbox and return it (with its lane sequence number).
+
+        Returns only once the event is durable: it then reaches the broker as soon as it can,
+        across crashes and outages. Raises `NotAccepted` when it could not be committed (storage
+        error, outbox full of higher-priority events); nothing else. See the module docstring."""
 
     def publish_snapshot(self, camera: str, jpeg: bytes, event_id: bytes) -> None:
         """Best-effort JPEG on snap/<camera>; never blocks, never queued on disk."""
@@ -66,6 +83,9 @@ class Pipeline:
 
     def close(self) -> None:
         """Release devices and sockets; called after `run` returns or raises."""
+
+    def wake(self) -> None:
+        """Called right after `stop` is set: a `run` that waits on something else returns now."""
 
     def set_state(self, state: State, detail: str = "") -> None:
         with self._lock:

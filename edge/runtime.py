@@ -2,7 +2,15 @@
 
 Every pipeline runs in its own supervised thread; one that raises is restarted with backoff and
 reported as a fault, and never stops the others. READY and WATCHDOG go to systemd only while the
-uplink and every pipeline thread are alive and no pipeline has been failing for long.
+uplink and every pipeline thread are alive, no pipeline has been failing for long and the outbox
+accepts events.
+
+`emit` commits or raises `NotAccepted` (edge/pipeline.py has the contract).
+
+Messages from the broker take two paths that never share a queue: alarm acknowledgements go to
+their own thread (quick, never behind a command), commands to a bounded command queue. Repeated
+`reload` requests waiting in that queue are coalesced into one reload that answers all of them;
+a command that finds the queue full is answered `ok: false` (rate-limited) and logged.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +35,58 @@ from edge import config as config_mod
 from edge.alarm_ack import AckSupervisor
 from edge.config import Config
 from edge.events import Event, Kind, Severity
-from edge.pipeline import AckListener, CommandHandler, Pipeline
+from edge.pipeline import AckListener, CommandHandler, NotAccepted, Pipeline
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox, OutboxError
 
 log = logging.getLogger("wardgate.runtime")
 
-#: a pipeline failing for longer than this makes the gateway unhealthy (systemd restarts it)
+#: a pipeline failing for longer than this makes the gateway unhealthy (systemd restarts it);
+#: so does an outbox that has accepted nothing for this long
 FAILED_UNHEALTHY_S = 120.0
+#: a run that lasted this long ends a failure streak (and resets the restart backoff)
+RUN_OK_S = 60.0
+#: commands waiting to be handled; more are answered "busy"
+COMMAND_QUEUE = 64
+#: reload requests answered by one coalesced reload
+MAX_RELOAD_WAITERS = 1024
+#: alarm acknowledgements waiting for their thread (each takes well under a millisecond)
+ACK_QUEUE = 10_000
+#: sections a running gateway cannot change: a reload refuses them and says so
+RESTART_SECTIONS = ("gateway", "uplink", "outbox")
+
+
+class _Limited:
+    """At most one log line per `every_s` for one kind of trouble, with the count in between."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last = -1e18
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, level: int, msg: str, *args: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            msg += f" ({suppressed} more like this since the last report)"
+        self.logger.log(level, msg, *args)
+
+
+class _Generation:
+    """One set of running pipelines: a reload stops one generation and starts the next."""
+
+    def __init__(self, pipelines: list[Pipeline]) -> None:
+        self.pipelines = pipelines
+        self.stop = threading.Event()
+        self.supervisors: dict[str, threading.Thread] = {}
+        self.failed_since: dict[str, float] = {}  # start of a failure streak
+        self.running_since: dict[str, float] = {}  # start of the current run (absent in backoff)
 
 
 class Gateway:
@@ -60,14 +114,25 @@ class Gateway:
         self._extra_pipelines = extra_pipelines
         self._commands: dict[str, CommandHandler] = {}
         self._ack_listeners: list[AckListener] = []
-        self._command_queue: queue.Queue[tuple[str, bytes, Any] | None] = queue.Queue(256)
+        # acks and commands never share a queue: a command flood cannot delay or drop an ack
+        self._ack_queue: queue.Queue[bytes | None] = queue.Queue(ACK_QUEUE)
+        self._cmd_cond = threading.Condition()
+        self._cmd_items: deque[tuple[str, bytes, Any]] = deque()
+        self._reload_waiters: list[tuple[bytes, Any]] = []
+        self._reload_queued = False
+        self.command_stats = {"handled": 0, "busy": 0, "reloads": 0, "reloads_coalesced": 0}
+        self.acks_received = 0
+        self._log_busy = _Limited(log)
+        self._busy_replies: deque[float] = deque()
         self._stop = threading.Event()
-        self._pipeline_stop = threading.Event()
-        self._supervisors: dict[str, threading.Thread] = {}
+        self._gen = _Generation([])
         self.pipelines: list[Pipeline] = []
-        self._failed_since: dict[str, float] = {}
+        self._pipe_faults: set[str] = set()  # pipelines whose `pipeline_failed` fault is up
         self._dropped = 0
+        self._emit_failing_since: float | None = None
+        self._log_not_accepted = _Limited(log)
         self._lock = threading.Lock()
+        self._lock_faults = threading.Lock()
         self._install_builtin_commands()
         self.ack_supervisor: AckSupervisor | None = None
         if config.alarm_ack.enabled:
@@ -93,10 +158,16 @@ class Gateway:
             also = (self.ack_supervisor.tracking_statement(event),)  # same commit, same fsync
         try:
             committed = self.uplink.submit(event, also)
-        except OutboxError as exc:
+        except (OutboxError, sqlite3.Error, OSError) as exc:
             self._dropped += 1
-            log.warning("%s", exc)
-            return event
+            if self._emit_failing_since is None:
+                self._emit_failing_since = time.monotonic()
+            level = logging.ERROR if event.kind in (Kind.ALARM, Kind.FAULT) else logging.WARNING
+            self._log_not_accepted(
+                level, "%s event from %s NOT accepted: %s", event.kind, source, exc
+            )
+            raise NotAccepted(f"{event.kind} event from {source} not committed: {exc}") from exc
+        self._emit_failing_since = None
         if committed.kind in (Kind.ALARM, Kind.FAULT):
             log.warning(
                 "%s %s from %s: %s (id %s)",
@@ -147,32 +218,45 @@ class Gateway:
 
     def start(self) -> None:
         self.uplink.start()
+        threading.Thread(target=self._ack_worker, name="acks", daemon=True).start()
         threading.Thread(target=self._command_worker, name="commands", daemon=True).start()
         self._start_pipelines(self.build_pipelines())
 
     def _start_pipelines(self, pipelines: list[Pipeline]) -> None:
-        self._pipeline_stop = threading.Event()
+        # a new generation: failure streaks of the old one (say, a pipeline stopped in its
+        # restart backoff) end with it, so they cannot make the gateway unhealthy later
+        gen = _Generation(pipelines)
+        self._gen = gen
         self.pipelines = pipelines
-        self._supervisors = {}
+        gone = self._pipe_faults - {p.name for p in pipelines}
+        for name in sorted(gone):  # a pipeline the reload removed: its failure ended with it
+            self._restore_pipe_fault(name)
         for p in pipelines:
-            t = threading.Thread(
-                target=self._supervise, args=(p, self._pipeline_stop), name=p.name, daemon=True
-            )
-            self._supervisors[p.name] = t
+            t = threading.Thread(target=self._supervise, args=(p, gen), name=p.name, daemon=True)
+            gen.supervisors[p.name] = t
             t.start()
 
     def _stop_pipelines(self, timeout: float = 10.0) -> None:
-        self._pipeline_stop.set()
+        gen = self._gen
+        gen.stop.set()
+        for p in gen.pipelines:
+            p.wake()
         deadline = time.monotonic() + timeout
-        for name, t in self._supervisors.items():
+        for name, t in gen.supervisors.items():
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("pipeline %s did not stop within %.0f s", name, timeout)
 
+    @property
+    def _supervisors(self) -> dict[str, threading.Thread]:
+        return self._gen.supervisors
+
     def stop(self, flush_timeout: float = 5.0) -> None:
         self._stop.set()
         self._stop_pipelines()
-        self._command_queue.put(None)
+        with self._cmd_cond:
+            self._cmd_cond.notify_all()
+        self._ack_queue.put(None)
         self.uplink.stop(flush_timeout)
         self.outbox.close()
 
@@ -210,11 +294,18 @@ class Gateway:
         if not self.uplink.threads_alive():
             return False, "uplink threads died"
         now = time.monotonic()
-        for p in self.pipelines:
-            t = self._supervisors.get(p.name)
+        failing = self._emit_failing_since
+        if failing is not None and now - failing > FAILED_UNHEALTHY_S:
+            return False, f"outbox has accepted no event for {now - failing:.0f} s"
+        gen = self._gen
+        for p in gen.pipelines:
+            t = gen.supervisors.get(p.name)
             if t is None or not t.is_alive():
                 return False, f"pipeline {p.name} supervisor died"
-            since = self._failed_since.get(p.name)
+            since = gen.failed_since.get(p.name)
+            running = gen.running_since.get(p.name)
+            if running is not None and now - running >= RUN_OK_S:
+                continue  # running well again: the streak is over
             if since is not None and now - since > FAILED_UNHEALTHY_S:
                 return False, f"pipeline {p.name} failing for {now - since:.0f} s"
         return True, "ok"
@@ -224,12 +315,16 @@ class Gateway:
         return f"uplink {link}, outbox {len(self.outbox)}, {len(self.pipelines)} pipelines"
 
     # --- supervision -----------------------------------------------------------------------
-    def _supervise(self, p: Pipeline, stop: threading.Event) -> None:
+    def _supervise(self, p: Pipeline, gen: _Generation) -> None:
+        stop = gen.stop
         delays = backoff.expo(base=2, factor=1.0, max_value=60.0)
         next(delays)
-        failing = False
         while not stop.is_set():
+            # restored once it runs again (also a fault a previous generation raised before a
+            # reload); a new failure raises a new fault
+            self._restore_pipe_fault(p.name)
             started = time.monotonic()
+            gen.running_since[p.name] = started
             try:
                 p.set_state("starting")
                 p.run(stop)
@@ -239,54 +334,137 @@ class Gateway:
             except Exception as exc:
                 log.exception("pipeline %s failed", p.name)
                 p.set_state("failed", f"{type(exc).__name__}: {exc}"[:200])
-                self._failed_since.setdefault(p.name, time.monotonic())
-                if not failing:
-                    failing = True
-                    self.emit(
-                        Kind.FAULT,
-                        f"pipe/{p.name}",
-                        {"active": True, "code": "pipeline_failed", "error": str(exc)[:80]},
-                    )
+                now = time.monotonic()
+                if now - started >= RUN_OK_S:
+                    gen.failed_since.pop(p.name, None)  # it ran well for a while: a new streak
+                gen.failed_since.setdefault(p.name, now)
+                self._raise_pipe_fault(p.name, exc)
             finally:
+                gen.running_since.pop(p.name, None)
                 try:
                     p.close()
                 except Exception:
                     log.exception("pipeline %s: close failed", p.name)
-            if time.monotonic() - started > 60:
+            if time.monotonic() - started > RUN_OK_S:
                 delays = backoff.expo(base=2, factor=1.0, max_value=60.0)
                 next(delays)
             stop.wait(backoff.full_jitter(next(delays)) + 0.1)
-            if failing and not stop.is_set():
-                # restored once it runs again; a new failure raises a new fault
-                self._failed_since.pop(p.name, None)
-                failing = False
+        p.set_state("stopped")
+
+    def _raise_pipe_fault(self, name: str, exc: Exception) -> None:
+        """The `pipeline_failed` fault, once per failure streak; if it cannot be committed it
+        is tried again at the next failure (the supervisor itself must never die of it)."""
+        with self._lock_faults:
+            if name in self._pipe_faults:
+                return
+            try:
                 self.emit(
                     Kind.FAULT,
-                    f"pipe/{p.name}",
-                    {"active": False, "code": "pipeline_failed"},
+                    f"pipe/{name}",
+                    {"active": True, "code": "pipeline_failed", "error": str(exc)[:80]},
                 )
-        p.set_state("stopped")
+            except NotAccepted:
+                return
+            self._pipe_faults.add(name)
+
+    def _restore_pipe_fault(self, name: str) -> None:
+        with self._lock_faults:
+            if name not in self._pipe_faults:
+                return
+            try:
+                self.emit(Kind.FAULT, f"pipe/{name}", {"active": False, "code": "pipeline_failed"})
+            except NotAccepted:
+                return  # still up; restored at the next attempt
+            self._pipe_faults.discard(name)
 
     # --- messages in -----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, properties: Any) -> None:
-        try:
-            self._command_queue.put_nowait((topic, payload, properties))
-        except queue.Full:
-            log.warning("command queue full; dropped message on %s", topic)
+        """paho's network thread: sort, never block."""
+        if topic == self.topics.ack:
+            try:
+                self._ack_queue.put_nowait(payload)
+            except queue.Full:  # only an ack flood from a receiver gets here
+                self._log_busy(logging.ERROR, "alarm acknowledgement queue full; one dropped")
+            return
+        if topic.startswith(self.topics.base + "/cmd/") and topic != self.topics.cmd_res:
+            self._enqueue_command(topic.rsplit("/", 1)[-1], payload, properties)
+
+    def _enqueue_command(self, name: str, payload: bytes, properties: Any) -> None:
+        with self._cmd_cond:
+            if name == "reload" and len(self._reload_waiters) < MAX_RELOAD_WAITERS:
+                self._reload_waiters.append((payload, properties))
+                if self._reload_queued:
+                    self.command_stats["reloads_coalesced"] += 1
+                    return  # the reload already waiting will answer this request too
+                self._reload_queued = True
+                self._cmd_items.append((name, b"", None))  # one marker, beyond the bound
+                self._cmd_cond.notify()
+                return
+            if name != "reload" and len(self._cmd_items) < COMMAND_QUEUE:
+                self._cmd_items.append((name, payload, properties))
+                self._cmd_cond.notify()
+                return
+            self.command_stats["busy"] += 1
+            queued = len(self._cmd_items)
+        self._log_busy(logging.WARNING, "command queue full (%d queued): %s refused", queued, name)
+        if self._busy_reply_allowed():
+            self._reply(
+                name,
+                _request_id(payload),
+                properties,
+                {"ok": False, "error": f"busy: {queued} commands queued; try again later"},
+            )
+
+    def _busy_reply_allowed(self, per_s: int = 10) -> bool:
+        now = time.monotonic()
+        while self._busy_replies and now - self._busy_replies[0] > 1.0:
+            self._busy_replies.popleft()
+        if len(self._busy_replies) >= per_s:
+            return False
+        self._busy_replies.append(now)
+        return True
+
+    def _ack_worker(self) -> None:
+        while True:
+            payload = self._ack_queue.get()
+            if payload is None:
+                return
+            try:
+                self._handle_ack(payload)
+            except Exception:
+                log.exception("handling an alarm acknowledgement failed")
 
     def _command_worker(self) -> None:
         while True:
-            item = self._command_queue.get()
-            if item is None:
-                return
-            topic, payload, properties = item
+            with self._cmd_cond:
+                while not self._cmd_items and not self._stop.is_set():
+                    self._cmd_cond.wait()
+                if self._stop.is_set():
+                    return
+                name, payload, properties = self._cmd_items.popleft()
+                waiters: list[tuple[bytes, Any]] = []
+                if name == "reload":
+                    waiters, self._reload_waiters = self._reload_waiters, []
+                    self._reload_queued = False
             try:
-                if topic == self.topics.ack:
-                    self._handle_ack(payload)
-                elif topic.startswith(self.topics.base + "/cmd/") and topic != self.topics.cmd_res:
-                    self._handle_command(topic.rsplit("/", 1)[-1], payload, properties)
+                if name == "reload":
+                    self._handle_reload(waiters)
+                else:
+                    self._handle_command(name, payload, properties)
+                self.command_stats["handled"] += 1
             except Exception:
-                log.exception("handling %s failed", topic)
+                log.exception("handling command %s failed", name)
+
+    def _handle_reload(self, waiters: list[tuple[bytes, Any]]) -> None:
+        """One reload for every request that queued up behind the first one."""
+        self.command_stats["reloads"] += 1
+        reply: dict[str, Any]
+        try:
+            reply = {"ok": True, "result": {**self._cmd_reload({}), "requests": len(waiters)}}
+        except Exception as exc:
+            reply = {"ok": False, "error": _error_text(exc)}
+        for payload, properties in waiters:
+            self._reply("reload", _request_id(payload), properties, dict(reply))
 
     def _handle_ack(self, payload: bytes) -> None:
         try:
@@ -295,6 +473,10 @@ class Gateway:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("malformed alarm acknowledgement ignored: %s", exc)
             return
+        self.acks_received += 1
+        supervisor = self.ack_supervisor
+        if supervisor is not None:
+            supervisor.on_ack(event_id, ack)
         for listener in self._ack_listeners:
             listener(event_id, ack)
 
@@ -314,9 +496,14 @@ class Gateway:
             reply["ok"] = True
         except Exception as exc:
             reply["ok"] = False
-            reply["error"] = (
-                f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
-            )
+            reply["error"] = _error_text(exc)
+        self._reply(name, reply.pop("id", None), properties, reply)
+
+    def _reply(self, name: str, request_id: Any, properties: Any, body: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"cmd": name}
+        if request_id is not None:
+            reply["id"] = request_id
+        reply.update(body)
         correlation = getattr(properties, "CorrelationData", None)
         extra = {"CorrelationData": correlation} if correlation else {}
         self.uplink.publish_volatile(
@@ -335,23 +522,57 @@ class Gateway:
         self.add_command("reload", self._cmd_reload)
 
     def _cmd_test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
+        # NotAccepted propagates: the operator is answered ok=false, never a phantom event id
         event = self.emit(Kind.ALARM, str(args.get("source", "test")), {"cause": "test"})
         return {"event_id": event.id_hex}
 
     def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Apply every section that can change at run time, refuse the others and say which.
+
+        Applied: health, test_source, logging, alarm_ack (timeout_s, output), vision, serial
+        (including edited Modbus profile files); pipelines restart only when something changed.
+        Refused until a restart: gateway, uplink, outbox, alarm_ack.enabled; they keep their
+        running values."""
         if self.config_path is None:
             raise ValueError("this gateway runs on built-in defaults; there is no file to reload")
-        new = config_mod.load(self.config_path)  # ConfigError: answered, nothing changes
-        fixed = ("gateway", "uplink", "outbox")
-        needs_restart = [s for s in fixed if getattr(new, s) != getattr(self.config, s)]
         with self._lock:
+            old = self.config
+            profiles_before = _modbus_profiles(old)
+            _forget_profiles()  # re-read profile files: an edited one is a change
+            new = config_mod.load(self.config_path)  # ConfigError: answered, nothing changes
+            profiles_after = _modbus_profiles(new)
+            changed = [
+                name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)
+            ]
+            if profiles_after != profiles_before and "serial" not in changed:
+                changed.append("serial")
+            refused = [s for s in changed if s in RESTART_SECTIONS]
+            keep: dict[str, Any] = {s: getattr(old, s) for s in refused}
+            if new.alarm_ack.enabled != old.alarm_ack.enabled:
+                refused.append("alarm_ack.enabled")
+                keep["alarm_ack"] = new.alarm_ack.model_copy(
+                    update={"enabled": old.alarm_ack.enabled}
+                )
+            applied = [s for s in changed if s not in RESTART_SECTIONS]
+            effective = new.model_copy(update=keep) if keep else new
+            if effective.alarm_ack == old.alarm_ack and "alarm_ack" in applied:
+                applied.remove("alarm_ack")  # only `enabled` changed, and that was refused
+            out: dict[str, Any] = {"reloaded": str(self.config_path), "applied": applied}
+            if refused:
+                out["restart_required_for"] = refused
+            if not applied:
+                out["pipelines"] = [p.name for p in self.pipelines]
+                out["restarted"] = False
+                return out
             self._stop_pipelines()
-            self.config = new
+            self.config = effective
+            if self.ack_supervisor is not None:
+                self.ack_supervisor.reconfigure(effective.alarm_ack)
+            logging.getLogger().setLevel(effective.logging.level.upper())
             self._start_pipelines(self.build_pipelines())
-        names = [p.name for p in self.pipelines]
-        out: dict[str, Any] = {"reloaded": str(self.config_path), "pipelines": names}
-        if needs_restart:
-            out["restart_required_for"] = needs_restart
+            out["pipelines"] = [p.name for p in self.pipelines]
+            out["restarted"] = True
+        log.info("reload: applied %s; restart required for %s", applied, refused or "nothing")
         return out
 
     # --- status ----------------------------------------------------------------------------
@@ -363,8 +584,10 @@ class Gateway:
             "outbox": {
                 "depth": self.outbox.depth(),
                 "evicted": self.outbox.evictions,
-                "dropped": self._dropped,
+                "dropped": self._dropped,  # events emit() refused (NotAccepted)
             },
+            "commands": dict(self.command_stats),
+            "acks_received": self.acks_received,
             "pipelines": {p.name: p.status() for p in self.pipelines},
         }
 
@@ -372,6 +595,44 @@ class Gateway:
         from edge import __version__
 
         return {"version": __version__, "site_type": self.config.gateway.site_type}
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def _request_id(payload: bytes) -> Any:
+    """The request's `id`, echoed in the reply (None when there is none or it is unreadable)."""
+    if not payload.strip():
+        return None
+    try:
+        return _parse_object(payload).get("id")
+    except (ValueError, TypeError):
+        return None
+
+
+def _modbus_profiles(config: Config) -> dict[str, Any]:
+    """The Modbus profiles a config uses, as loaded now (a reload compares them)."""
+    names = {d.profile for port in config.serial.ports for d in getattr(port, "devices", ())}
+    if not names:
+        return {}
+    from sensor_drivers.modbus_profile import load_profile
+
+    out: dict[str, Any] = {}
+    for name in sorted(names):
+        try:
+            out[name] = load_profile(name)
+        except Exception as exc:  # reported by the config load itself
+            out[name] = repr(exc)
+    return out
+
+
+def _forget_profiles() -> None:
+    try:
+        from sensor_drivers.modbus_profile import load_profile
+    except ImportError:
+        return
+    load_profile.cache_clear()
 
 
 def _parse_object(payload: bytes) -> dict[str, Any]:

@@ -4,6 +4,10 @@ The Modbus stack is pymodbus (its synchronous serial client: framing, CRC, retri
 only decides what to read (from the device's profile), and turns what it reads into events. A
 device that stops answering, answers with a bad CRC, or with a Modbus exception is a fault after
 `fail_after` polls in a row, restored by its next good answer; it never stops the bus.
+
+The accept contract (edge/pipeline.py): a device's alarm, fault and comm-fault state changes only
+after `emit` committed the event; when `emit` raises `NotAccepted` the state stays as it was and
+the next poll, still seeing the same condition, emits it again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from edge.pipeline import Context
+from edge.pipeline import Context, NotAccepted
 from sensor_drivers.config import ModbusDevice, PortSettings
 from sensor_drivers.modbus_profile import Flag, Profile, load_profile
 from sensor_drivers.port import PortPipeline, Reconnector, describe_missing, resolve
@@ -77,6 +81,8 @@ class ModbusPortPipeline(PortPipeline):
         self.crc_errors = 0  # polls answered with bytes that were no valid frame
         self._rx_seen = False
         self.alarms = 0
+        self.not_accepted = 0
+        self._storage_trouble = False
         # pymodbus logs every unanswered request as an error; here a silent detector is a
         # fault event (and one warning) instead of a line a second in the journal
         logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
@@ -133,7 +139,17 @@ class ModbusPortPipeline(PortPipeline):
             for device in self.devices:
                 if stop.is_set():
                     break
-                self._poll(device)
+                try:
+                    self._poll(device)
+                except NotAccepted as exc:  # state unchanged: the next poll emits it again
+                    self.not_accepted += 1
+                    if not self._storage_trouble:
+                        self._storage_trouble = True
+                        self.set_state("degraded", f"events not accepted: {exc}"[:200])
+                else:
+                    if self._storage_trouble:
+                        self._storage_trouble = False
+                        self.set_state("ok", "events accepted again")
                 self._serve_commands(stop, 0)
             # pymodbus closes the port after several unanswered requests in a row; the next
             # round reopens it, and only a port that cannot be reopened is a port fault.
@@ -196,9 +212,9 @@ class ModbusPortPipeline(PortPipeline):
         device.errors[code] = device.errors.get(code, 0) + 1
         self.log.debug("%s: %s", device.source, detail)
         if device.failures >= self.settings.fail_after and device.comm_fault is None:
-            device.comm_fault = code
-            self.log.warning("%s (unit %d) fault: %s", device.source, device.unit, detail)
             self.ctx.emit("fault", device.source, {"active": True, "code": code})
+            device.comm_fault = code  # only once the fault is durable
+            self.log.warning("%s (unit %d) fault: %s", device.source, device.unit, detail)
 
     # --- values into events ----------------------------------------------------------------------
     def _evaluate(self, device: Device, raw: dict[str, list[Any]]) -> None:
@@ -214,7 +230,11 @@ class ModbusPortPipeline(PortPipeline):
                 data: dict[str, Any] = {"value": value}
                 if point.unit:
                     data["unit"] = point.unit
-                self.ctx.emit("reading", source, data)
+                try:
+                    self.ctx.emit("reading", source, data)
+                except NotAccepted:
+                    self.readings.forget(source)  # not reported after all
+                    raise
         for i, alarm in enumerate(profile.alarms):
             up = self._flag(device, alarm, raw, device.alarm_up.get(i, False))
             if up and not device.alarm_up.get(i, False):

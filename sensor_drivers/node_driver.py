@@ -4,6 +4,17 @@ What a node says becomes events: alarms at once (acknowledged to the node only a
 durable, so an alarm is never lost between the two), faults when they appear and clear, and
 readings by exception. A node that goes quiet for `silent_after_s` is a fault ("silent"); it is
 restored by its next frame. A lost port is a fault of its own, and is reopened with backoff.
+
+The accept contract (edge/pipeline.py): what the driver remembers about a node (sequence numbers
+seen, latched alarms, active faults) changes only after `emit` committed the event, and a frame
+is acknowledged only then. When `emit` raises `NotAccepted` the frame is neither remembered nor
+acknowledged: the node repeats it (alarms and faults without end) and it becomes an event as
+soon as the outbox takes it again, exactly once.
+
+Faults are reconciled with the node's heartbeat (its `faults` bitmask, one bit per sensor, bit 31
+the node itself): a fault the node no longer reports is restored even if its clearing frame was
+lost, and after a node reboot the faults of the previous boot that the new boot does not report
+once its inputs have settled (`REBOOT_SETTLE_S` of uptime) are restored.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from edge.pipeline import Context
+from edge.pipeline import Context, NotAccepted
 from sensor_drivers import node_protocol as np
 from sensor_drivers.config import PortSettings
 from sensor_drivers.port import PortError, PortLost, PortPipeline, Reconnector, SerialPort
@@ -26,6 +37,9 @@ HELLO_REQUEST_EVERY_S = 5.0
 COMMAND_RETRY_S = 0.2
 COMMAND_EXPIRY_S = 5.0  # a command not acknowledged by then is given up
 READ_SLICE_S = 0.05
+#: node uptime after which a rebooted node's heartbeat shows its line faults (inputs debounced)
+REBOOT_SETTLE_S = 2
+NODE_FAULT_BIT = 31  # heartbeat `faults`: a node-level fault (sensor index 255) is active
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
@@ -51,6 +65,7 @@ class NodeState:
         self.recent: dict[int, float] = {}  # acked-type seq -> when first seen
         self.alarmed: set[int] = set()  # sensor indexes whose latched alarm was emitted
         self.faults: set[tuple[int, str]] = set()  # (sensor index, code) active
+        self.stale_faults: set[tuple[int, str]] = set()  # active before a reboot, unconfirmed
         self.hello_asked_at = -1e9
         self.uptime_s: int | None = None
         self.node_crc_errors = 0
@@ -70,17 +85,21 @@ class NodeState:
     def sensor_kind(self, index: int) -> str | None:
         return self.sensors[index][0] if index < len(self.sensors) else None
 
-    def seen_before(self, seq: int, now: float) -> bool:
+    def is_duplicate(self, seq: int, now: float) -> bool:
+        """A frame acted on (and acknowledged) within the duplicate window."""
         for old in [s for s, t in self.recent.items() if now - t > DUPLICATE_WINDOW_S]:
             del self.recent[old]
-        if seq in self.recent:
-            return True
+        return seq in self.recent
+
+    def remember(self, seq: int, now: float) -> None:
+        """Only once what the frame said is durable: a repeat is then a duplicate."""
         self.recent[seq] = now
-        return False
 
     def rebooted(self) -> None:
         self.recent.clear()
         self.alarmed.clear()
+        # its faults now stand until the new boot confirms or contradicts them
+        self.stale_faults |= self.faults
 
 
 class _PendingCommand:
@@ -107,6 +126,8 @@ class NodePortPipeline(PortPipeline):
         self._pending: dict[tuple[int, int], _PendingCommand] = {}
         self.acks_sent = 0
         self.alarms = 0
+        self.not_accepted = 0  # frames left unacknowledged because emit() refused their event
+        self._storage_trouble = False
         started = time.monotonic()
         for node in settings.nodes:
             self.nodes[node] = NodeState(node, started)
@@ -132,7 +153,10 @@ class NodePortPipeline(PortPipeline):
                 data = self.port.read(READ_SLICE_S)
                 if data:
                     for message in self.decoder.feed(data):
-                        self._handle(message)
+                        try:
+                            self._handle(message)
+                        except NotAccepted as exc:
+                            self._not_accepted(message, exc)
                 elif not self.port.still_there():
                     self.port.close()
                     raise PortLost(f"serial port {self.settings.path} was replaced or removed")
@@ -141,7 +165,19 @@ class NodePortPipeline(PortPipeline):
                 self.port.close()
                 reconnect.failed()
                 self._port_down(str(exc), exc.reason)
-            self._supervise(time.monotonic())
+            try:
+                self._supervise(time.monotonic())
+            except NotAccepted as exc:
+                self._not_accepted(None, exc)
+
+    def _not_accepted(self, msg: np.Message | None, exc: NotAccepted) -> None:
+        """Nothing recorded, nothing acknowledged: the node repeats the frame."""
+        self.not_accepted += 1
+        if not self._storage_trouble:
+            self._storage_trouble = True
+            self.set_state("degraded", f"events not accepted: {exc}"[:200])
+        what = msg.type_name if msg is not None else "supervision"
+        self.log.debug("%s not acknowledged: %s", what, exc)
 
     def close(self) -> None:
         self.port.close()
@@ -172,20 +208,24 @@ class NodePortPipeline(PortPipeline):
         state.frames += 1
         state.last_seen = now
         if state.silent:
-            state.silent = False
             self.ctx.emit("fault", state.label, {"active": False, "code": "silent"})
+            state.silent = False
         if msg.type == np.HELLO and msg.fields["boot_id"] != state.boot_id:
             if state.boot_id is not None:
                 self.log.info("%s restarted (boot id %08x)", state.label, msg.fields["boot_id"])
             state.rebooted()
-        if msg.needs_ack and state.seen_before(msg.seq, now):
+        if msg.needs_ack and state.is_duplicate(msg.seq, now):
             state.duplicates += 1
             self._ack(msg)  # our ack was lost: say it again, but do not act twice
             return
         handler = getattr(self, f"_on_{msg.type_name}", None)
         if handler is not None:
-            handler(state, msg)
+            handler(state, msg)  # NotAccepted: not remembered, not acknowledged
+        if self._storage_trouble:
+            self._storage_trouble = False
+            self.set_state("ok", "events accepted again")
         if msg.needs_ack:
+            state.remember(msg.seq, now)
             self._ack(msg)
         if state.boot_id is None and now - state.hello_asked_at > HELLO_REQUEST_EVERY_S:
             state.hello_asked_at = now
@@ -206,25 +246,54 @@ class NodePortPipeline(PortPipeline):
         if f["sensor"] in state.alarmed:
             state.duplicates += 1  # already reported from this latch (e.g. via a heartbeat)
             return
-        state.alarmed.add(f["sensor"])
         data: dict[str, Any] = {"cause": f["cause"]}
         if f["cause"] not in ("flame", "call_point"):
             data["value"] = _value(f["value"])
-        self.alarms += 1
         self.ctx.emit("alarm", state.sensor_source(f["sensor"], f["name"]), data)
+        state.alarmed.add(f["sensor"])  # latched only once durable
+        self.alarms += 1
 
     def _on_fault(self, state: NodeState, msg: np.Message) -> None:
         f = msg.fields
         key = (f["sensor"], f["code"])
+        if f["active"] and f["sensor"] != np.NODE_SENSOR:
+            # a sensor line has one state: another code still up for it is over (its clearing
+            # frame came from the previous boot, or never)
+            for other in sorted(k for k in state.faults if k[0] == key[0] and k != key):
+                self._restore_fault(state, other, "superseded")
+        state.stale_faults.discard(key)  # this boot reports it: confirmed (or cleared below)
         if f["active"] == (key in state.faults):
             return
         source = state.sensor_source(f["sensor"], f["name"])
+        self.ctx.emit("fault", source, {"active": f["active"], "code": f["code"]})
         if f["active"]:
             state.faults.add(key)
         else:
             state.faults.discard(key)
             self.readings.forget(source)
-        self.ctx.emit("fault", source, {"active": f["active"], "code": f["code"]})
+
+    def _restore_fault(self, state: NodeState, key: tuple[int, str], via: str) -> None:
+        source = state.sensor_source(key[0])
+        self.ctx.emit("fault", source, {"active": False, "code": key[1], "via": via})
+        state.faults.discard(key)
+        state.stale_faults.discard(key)
+        self.readings.forget(source)
+
+    def _reconcile_faults(self, state: NodeState, bits: int, uptime_s: int) -> None:
+        """Restore the faults the node's heartbeat no longer reports."""
+        for key in sorted(state.faults):
+            index = key[0]
+            bit = NODE_FAULT_BIT if index == np.NODE_SENSOR else index
+            reported = bit < 32 and bool(bits >> bit & 1)
+            if key in state.stale_faults:
+                if uptime_s < REBOOT_SETTLE_S:
+                    continue  # just rebooted: its inputs are still being debounced
+                if reported:
+                    state.stale_faults.discard(key)  # still there after the reboot
+                    continue
+            elif reported or bit >= 32:
+                continue
+            self._restore_fault(state, key, "heartbeat")
 
     def _on_reading(self, state: NodeState, msg: np.Message) -> None:
         for index, raw in msg.fields["values"]:
@@ -236,28 +305,33 @@ class NodePortPipeline(PortPipeline):
                 data: dict[str, Any] = {"value": value}
                 if kind in UNITS:
                     data["unit"] = UNITS[kind]
-                self.ctx.emit("reading", source, data)
+                try:
+                    self.ctx.emit("reading", source, data)
+                except NotAccepted:
+                    self.readings.forget(source)  # not reported after all
+                    raise
 
     def _on_heartbeat(self, state: NodeState, msg: np.Message) -> None:
         f = msg.fields
         if state.uptime_s is not None and f["uptime_s"] < state.uptime_s:
             self.log.info("%s restarted (uptime went back)", state.label)
             state.rebooted()
-        state.uptime_s = f["uptime_s"]
+        state.uptime_s = f["uptime_s"]  # before any emit: a repeat is not another reboot
         state.node_crc_errors = f["crc_errors"]
         latched = f["alarms"]
         for index in range(32):
             bit = latched >> index & 1
             if bit and index not in state.alarmed:
                 # the alarm frame itself was lost: the latch in the heartbeat still tells
-                state.alarmed.add(index)
-                self.alarms += 1
                 cause = state.sensor_kind(index) or "unknown"
                 self.ctx.emit(
                     "alarm", state.sensor_source(index), {"cause": cause, "via": "heartbeat"}
                 )
+                state.alarmed.add(index)
+                self.alarms += 1
             elif not bit:
                 state.alarmed.discard(index)
+        self._reconcile_faults(state, f["faults"], f["uptime_s"])
 
     def _on_ack(self, state: NodeState, msg: np.Message) -> None:
         pending = self._pending.get((state.node, msg.fields["acked"]))
@@ -283,10 +357,10 @@ class NodePortPipeline(PortPipeline):
         for state in states:
             since = state.last_seen if state.last_seen is not None else state.watch_from
             if not state.silent and now - since > limit:
-                state.silent = True
                 self.ctx.emit(
                     "fault", state.label, {"active": True, "code": "silent", "after_s": limit}
                 )
+                state.silent = True
 
     # --- commands to nodes ---------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -349,6 +423,7 @@ class NodePortPipeline(PortPipeline):
         out["lost"] = self.port.lost
         out["decoder"] = self.decoder.counters()
         out["acks_sent"] = self.acks_sent
+        out["not_accepted"] = self.not_accepted
         now = time.monotonic()
         out["nodes"] = {
             s.label: {

@@ -212,14 +212,14 @@ class PortPipeline(Pipeline):
 
     def _port_up(self, where: str) -> None:
         self.set_state("ok", where)
-        if self._port_fault:
-            self._port_fault = False
+        if self._port_fault:  # the flag changes only once the event is durable (NotAccepted)
             self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
+            self._port_fault = False
 
     def _port_down(self, why: str, reason: str) -> None:
         self.set_state("degraded", why)
         if not self._port_fault:
-            self._port_fault = True
             self.ctx.emit(
                 "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
             )
+            self._port_fault = True

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from edge.pipeline import Context, Pipeline
+from edge.pipeline import Context, NotAccepted, Pipeline
 from edge.vision.config import CameraConfig, VisionConfig
 from edge.vision.motion import Motion, MotionGate
 from edge.vision.regions import Box, Regions
@@ -53,7 +54,11 @@ class SharedDetector:
         return getattr(self._detector, "threshold", None)
 
 
-_shared: dict[tuple[Any, ...], SharedDetector] = {}
+# weak: a detector lives as long as a camera pipeline uses it, so a reload that changes a
+# threshold frees the old interpreter instead of keeping one per threshold ever used
+_shared: weakref.WeakValueDictionary[tuple[Any, ...], SharedDetector] = (
+    weakref.WeakValueDictionary()
+)
 _shared_lock = threading.Lock()
 
 
@@ -62,7 +67,8 @@ def shared_detector(
 ) -> SharedDetector:
     key = (model, threads, delegate, threshold)
     with _shared_lock:
-        if key not in _shared:
+        shared = _shared.get(key)
+        if shared is None:
 
             def load() -> Any:
                 from edge.vision.detector import PersonDetector
@@ -71,8 +77,8 @@ def shared_detector(
                     model, threads=threads, threshold=threshold, delegate=delegate
                 )
 
-            _shared[key] = SharedDetector(load)
-        return _shared[key]
+            shared = _shared[key] = SharedDetector(load)
+        return shared
 
 
 class CameraPipeline(Pipeline):
@@ -130,7 +136,10 @@ class CameraPipeline(Pipeline):
                     self.end_of_stream()
                 continue
             last_seq = frame.seq
-            self.process(frame)
+            try:
+                self.process(frame)
+            except NotAccepted as exc:  # camera events are ordinary: skipped, not retried
+                self.log.warning("event not accepted: %s", exc)
 
     def close(self) -> None:
         """Stop the capture; close the person and smoke events still open (the camera is off)."""
