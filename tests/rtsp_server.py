@@ -67,6 +67,7 @@ class RtspServer:
         self.port = port or free_port()
         self.fps = fps
         self.proc: subprocess.Popen[str] | None = None
+        self.frozen = False
 
     @property
     def url(self) -> str:
@@ -97,9 +98,23 @@ class RtspServer:
             time.sleep(0.05)
         raise RuntimeError("RTSP server is not listening")
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections stay open, nothing is sent (a hung camera)."""
+        assert self.proc is not None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT: the server goes on sending where it stopped."""
+        assert self.proc is not None, "not running"
+        self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
     def stop(self) -> None:
         if self.proc is None:
             return
+        if self.frozen:
+            self.thaw()  # a stopped process would not act on SIGTERM
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)

@@ -14,6 +14,7 @@ import pytest
 
 from edge.vision.pipeline import CameraPipeline, build_pipelines
 from tests.rtsp_server import RtspServer, free_port, missing_requirements, write_frames
+from tests.tcp_freeze_proxy import FreezeProxy
 from tests.vision_context import DATA, RecordingContext, vision_config
 
 _missing = missing_requirements()
@@ -120,3 +121,138 @@ def test_unreachable_camera_is_offline_from_the_start_and_keeps_retrying():
         finish(pipeline, thread, stop)
     assert len(faults(ctx, True)) == 1  # one fault for the whole outage, not one per retry
     assert open_fds() == fds_before
+
+
+def capture_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("capture-")]
+
+
+def test_frozen_stream_is_offline_until_it_flows_again(frames_dir):
+    """The server stops sending without closing anything (SIGSTOP: a hung camera or encoder).
+
+    The source must notice the silence, raise `camera_offline`, report the camera degraded, and
+    keep trying with fresh captures while the old one may still be stuck in a read; when the
+    server goes on, frames flow again and the fault clears; the capture threads stay bounded.
+    """
+    server = RtspServer(frames_dir, fps=10)
+    server.start()
+    try:
+        ctx = RecordingContext(vision_config({"name": "yard", "url": server.url} | FAST_RECOVERY))
+        [pipeline] = build_pipelines(ctx)
+        threads_before = {t.ident for t in threading.enumerate()}
+        fds_before = open_fds()
+        thread, stop = start(pipeline)
+        most_captures = 0
+        try:
+            for cycle in range(2):
+                assert ctx.wait_for(lambda: pipeline.counters["frames"] >= 10, 30), (
+                    f"cycle {cycle}: no frames: {pipeline.status()}"
+                )
+                assert pipeline.state == "ok"
+                server.freeze()
+                frozen_at = time.monotonic()
+                assert ctx.wait_for(lambda c=cycle: len(faults(ctx, True)) > c, 15), (
+                    pipeline.status()
+                )
+                assert time.monotonic() - frozen_at < FAST_RECOVERY["stall_timeout_s"] + 3
+                offline = faults(ctx, True)[-1]
+                assert offline.data["code"] == "camera_offline"
+                status = pipeline.status()
+                assert status["state"] == "degraded" and "camera offline" in status["detail"]
+                assert status["source"]["connected"] is False
+                frames_when_frozen = pipeline.counters["frames"]
+                deadline = time.monotonic() + 8  # several stall periods, frozen
+                while time.monotonic() < deadline:
+                    most_captures = max(most_captures, len(capture_threads()))
+                    assert pipeline.state == "degraded", pipeline.status()
+                    time.sleep(0.2)
+                assert pipeline.counters["frames"] == frames_when_frozen  # nothing stale
+                server.thaw()
+                assert ctx.wait_for(lambda c=cycle: len(faults(ctx, False)) > c, 30), (
+                    pipeline.status()
+                )
+                assert faults(ctx, False)[-1].data["down_s"] >= 8
+                assert ctx.wait_for(
+                    lambda f=frames_when_frozen: pipeline.counters["frames"] >= f + 10, 20
+                ), pipeline.status()
+                assert pipeline.state == "ok"
+        finally:
+            finish(pipeline, thread, stop)
+        assert [e.data["active"] for e in ctx.of("fault")] == [True, False, True, False]
+        assert most_captures <= 1 + pipeline.source.MAX_ABANDONED, most_captures
+        deadline = time.monotonic() + 15  # an abandoned capture ends when its read returns
+        while time.monotonic() < deadline and capture_threads():
+            time.sleep(0.2)
+        leftover = [t for t in threading.enumerate() if t.ident not in threads_before]
+        assert leftover == [], leftover
+        assert open_fds() == fds_before, "file descriptors leaked"
+    finally:
+        server.stop()
+
+
+def test_a_hung_stream_is_abandoned_and_a_fresh_capture_takes_over(frames_dir):
+    """The stream hangs for good while the camera still answers new connections.
+
+    A TCP proxy between camera client and server freezes the connections open at that moment
+    (held open, nothing forwarded: a half-open stream after a NAT or camera reset). The read
+    timeout is set far beyond the stall timeout here, so the capture thread really is blocked in
+    C inside `grab()`, as when FFmpeg does not poll its interrupt: the old capture thread never
+    returns in time, and only a fresh capture object on a fresh thread gets frames again.
+    """
+    hung = FAST_RECOVERY | {"read_timeout_s": 60.0}
+    threads_before = {t.ident for t in threading.enumerate()}
+    fds_before = open_fds()
+    with RtspServer(frames_dir, fps=10) as server, FreezeProxy(server.port) as proxy:
+        ctx = RecordingContext(vision_config({"name": "gate", "url": proxy.url()} | hung))
+        [pipeline] = build_pipelines(ctx)
+        source = pipeline.source
+        thread, stop = start(pipeline)
+        most_captures = 0
+        try:
+            for cycle in range(source.MAX_ABANDONED + 1):
+                assert ctx.wait_for(lambda: pipeline.counters["frames"] >= 10, 30), (
+                    f"cycle {cycle}: no frames: {pipeline.status()}"
+                )
+                assert pipeline.state == "ok"
+                frames_before = pipeline.counters["frames"]
+                assert proxy.freeze() >= 1
+                assert ctx.wait_for(lambda c=cycle: len(faults(ctx, True)) > c, 10), (
+                    pipeline.status()
+                )
+                status = pipeline.status()  # what the heartbeat reports for this pipeline
+                assert status["state"] == "degraded" and "camera offline" in status["detail"]
+                if cycle < source.MAX_ABANDONED:  # a fresh capture takes over, frames return
+                    assert ctx.wait_for(lambda c=cycle: len(faults(ctx, False)) > c, 20), (
+                        pipeline.status()
+                    )
+                    assert ctx.wait_for(lambda: pipeline.state == "ok", 5)
+                    assert source.replaced == cycle + 1
+                    assert source.stuck_threads == cycle + 1
+                    assert pipeline.counters["frames"] > frames_before
+                    most_captures = max(most_captures, len(capture_threads()))
+                    continue
+                # the bound: with MAX_ABANDONED threads stuck, no further capture is started
+                deadline = time.monotonic() + 3 * FAST_RECOVERY["stall_timeout_s"]
+                while time.monotonic() < deadline:
+                    most_captures = max(most_captures, len(capture_threads()))
+                    assert pipeline.state == "degraded"
+                    time.sleep(0.2)
+                assert source.replaced == source.MAX_ABANDONED
+                assert "stuck captures already" in pipeline.status()["source"]["error"]
+                proxy.cut_frozen()  # the hung reads return: their threads end, a capture starts
+                assert ctx.wait_for(lambda c=cycle: len(faults(ctx, False)) > c, 30), (
+                    pipeline.status()
+                )
+                assert ctx.wait_for(lambda: source.stuck_threads == 0, 10)
+        finally:
+            finish(pipeline, thread, stop)
+            proxy.cut_frozen()
+        assert most_captures <= 1 + source.MAX_ABANDONED, most_captures
+        assert [e.data["active"] for e in ctx.of("fault")] == [True, False] * 3
+    leftover = [t for t in threading.enumerate() if t.ident not in threads_before]
+    deadline = time.monotonic() + 10
+    while leftover and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leftover = [t for t in leftover if t.is_alive()]
+    assert leftover == [], leftover
+    assert open_fds() == fds_before, "file descriptors leaked"
