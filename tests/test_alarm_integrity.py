@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from edge import config, runtime
-from edge.pipeline import Pipeline
+from edge.pipeline import NotAccepted, Pipeline
 from edge.runtime import Gateway
 from firmware.unix_node import UnixNode
 from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
@@ -75,6 +75,8 @@ def test_node_alarm_refused_by_a_busy_outbox_becomes_one_event_when_storage_is_b
                 node.wait_edge("alarm mcp")
                 time.sleep(1.2)  # the node repeats its alarm at 0.2, 0.6 s: all refused
                 assert not watcher.events("alarm")
+                with pytest.raises(NotAccepted):  # an operator's test-alarm: ok=false, no id
+                    gw._cmd_test_alarm({})
             finally:
                 other.execute("ROLLBACK")
                 other.close()
@@ -280,6 +282,28 @@ def test_reload_applies_or_refuses_every_section_and_says_which(broker, tmp_path
         assert result["restart_required_for"] == ["gateway"]
         assert gw.ack_supervisor.cfg.timeout_s == 20  # applied to the running supervisor
         assert gw.config.gateway.ward == "w01"  # refused: the running value stays
+    finally:
+        gw.stop()
+
+
+def test_pending_acks_of_an_older_release_are_migrated_and_still_supervised(broker, tmp_path):
+    outbox = tmp_path / "outbox.sqlite3"
+    db = sqlite3.connect(outbox)
+    db.executescript(
+        "CREATE TABLE pending_acks (event_id TEXT PRIMARY KEY, source TEXT NOT NULL,"
+        " committed_ms INTEGER NOT NULL, faulted INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO pending_acks VALUES ('00ff', 'n07/smoke', 1, 0);"
+    )
+    db.close()
+    text = gateway_config_text(broker, tmp_path, extra="[alarm_ack]\ntimeout_s = 3\n")
+    gw = Gateway(config.load(write_config(tmp_path, text)))
+    try:
+        columns = {row[1] for row in gw.outbox.sql("PRAGMA table_info(pending_acks)")}
+        assert {"boot_id", "mono_ms", "acked"} <= columns
+        gw.ack_supervisor.check()  # a row from before the upgrade is long overdue
+        assert gw.ack_supervisor.status()["faulted"] == 1
+        gw.ack_supervisor.on_ack("00ff", {"id": "00ff"})
+        assert gw.ack_supervisor.status()["pending"] == 0
     finally:
         gw.stop()
 
