@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a config file; exit 1 with each problem")
+    p = sub.add_parser("check-config", help="validate a config file; exit 3 with each problem")
     p.add_argument("path", type=Path, nargs="?", default=DEFAULT_PATH)
     p.add_argument(
         "--no-files",
@@ -90,7 +90,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     cfg = result.config
     if cfg is None:
-        return 1
+        return EXIT_CONFIG
     print(f"{args.path}: ok (gateway {cfg.gateway.id}, topics under {cfg.topics.base}/)")
     return 0
 

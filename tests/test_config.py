@@ -67,7 +67,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert res.returncode == 1 and "file not found" in res.stderr
+    assert res.returncode == 3 and "file not found" in res.stderr
 
 
 def test_all_problems_are_reported_at_once(tmp_path):

@@ -276,7 +276,7 @@ def test_missing_password_file_and_other_file_problems_fail_check_config_at_once
     path = tmp_path / "config.toml"
     path.write_text(_with_files(files).replace("[uplink]\n", "[uplink]\nport = 'x'\n"))
     res = check_config(path)
-    assert res.returncode == 1
+    assert res.returncode == 3
     lines = res.stderr.strip().splitlines()
     assert lines[0] == (
         f"{path}:6: uplink.port: must be an integer, not a string: write it without quotes "
@@ -290,7 +290,7 @@ def test_missing_password_file_and_other_file_problems_fail_check_config_at_once
     assert len(lines) == 5, lines
     # away from its gateway, the files are not looked at
     res = check_config(path, "--no-files")
-    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 def test_world_readable_secret_is_a_warning_not_an_error(tmp_path):
@@ -338,7 +338,7 @@ def test_secret_the_service_user_cannot_read_is_an_error(tmp_path):
             **as_user,
         )
         lines = res.stderr.strip().splitlines()
-        assert res.returncode == 1, res.stderr
+        assert res.returncode == 3, res.stderr
         assert [line for line in lines if "warning" not in line] == [
             f"{path}:10: uplink.tls.key: cannot be read by this user "
             f"({'nobody' if as_user else _me()}): {files['gw.key']}: Permission denied"
@@ -424,7 +424,7 @@ def test_check_config_cli_gives_one_short_line_per_hostile_file(tmp_path):
             path.write_bytes(data)
         res = check_config(path)
         lines = res.stderr.strip().splitlines()
-        assert res.returncode == 1, (name, res.stderr[:300])
+        assert res.returncode == 3, (name, res.stderr[:300])
         assert len(lines) == 1 and len(lines[0]) < 300, (name, res.stderr[:600])
         assert lines[0].startswith(str(path)), lines[0]
         assert "Traceback" not in res.stderr
