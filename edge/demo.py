@@ -190,6 +190,8 @@ class LiveView:
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         leaf = (parse(msg.topic) or {"leaf": msg.topic})["leaf"]
+        if msg.retain and leaf.startswith("evt/"):
+            return  # a replayed retained event, never a live one (docs/provisioning.md)
         if leaf.startswith("snap/"):
             summary = f"JPEG snapshot of event {(msg.properties.CorrelationData or b'').hex()[:8]}"
         else:

@@ -172,6 +172,11 @@ class AlarmReceiver:
                 live.silent = False
                 self._emit({"what": "gateway_heard", "site": site})
         leaf = parts["leaf"]
+        if msg.retain and leaf.startswith("evt/"):
+            # a live event never carries the retain flag: a retained one is a replay that
+            # Mosquitto 2.0 cannot refuse (docs/provisioning.md, "Retained messages")
+            log.warning("ignored a retained %s from %s (events are never retained)", leaf, site)
+            return
         if leaf == "state":
             self._on_state(site, msg.payload)
         elif leaf in ("evt/alarm", "evt/fault"):

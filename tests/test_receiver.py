@@ -251,3 +251,24 @@ def test_alarms_are_forwarded_to_a_webhook(tmp_path, broker, webhook_server):
     finally:
         gw.stop()
         rx.stop()
+
+
+def test_a_retained_alarm_is_not_replayed_as_a_fire(broker, tmp_path):
+    """Mosquitto 2.0 cannot refuse a retained publish on evt/alarm; the receiver drops it."""
+    retained = Event(Kind.ALARM, "n01/smoke", {"cause": "smoke"}, gateway="gw-test-1", seq=1)
+    live = Event(Kind.ALARM, "n02/smoke", {"cause": "smoke"}, gateway="gw-test-1", seq=2)
+    topic = "wg/v1/d01/w01/gw-test-1/evt/alarm"
+    publisher = Watcher(broker, client_id="retainer", topic="none/#")
+    try:
+        publisher.client.publish(topic, retained.encode(), qos=1, retain=True).wait_for_publish(5)
+        rx = ReceiverProcess(broker, tmp_path).start()
+        try:
+            publisher.publish(topic, live.encode())
+            rx.wait_for(is_alarm(live.id_hex), what="the live alarm")
+            time.sleep(0.5)
+            assert not rx.matching(is_alarm(retained.id_hex)), "a retained alarm was shown"
+        finally:
+            rx.stop()
+    finally:
+        publisher.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        publisher.stop()
