@@ -102,7 +102,13 @@ class Gateway:
         self.config_path = config_path
         self.topics = config.topics
         self.started_mono = time.monotonic()
-        self.outbox = Outbox(config.outbox.path, config.outbox.max_events, config.outbox.fsync)
+        self.outbox = Outbox(
+            config.outbox.path,
+            config.outbox.max_events,
+            config.outbox.fsync,
+            disk_budget_mb=config.outbox.disk_budget_mb,
+            reserve_kb=config.outbox.reserve_kb,
+        )
         self.uplink = Uplink(
             config.uplink,
             self.topics,

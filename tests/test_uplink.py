@@ -256,6 +256,30 @@ def test_wrong_password_is_logged_clearly_retried_and_events_kept(tmp_path, brok
         gw.stop(flush_timeout=0)
 
 
+def test_missing_password_file_keeps_alarms_until_it_is_fixed(tmp_path, broker, caplog):
+    """The unit's pre-start check skips secret files: a missing one must be an uplink fault
+    that keeps alarms, not a gateway that cannot start."""
+    caplog.set_level(logging.INFO, logger="wardgate")
+    path = write_config(tmp_path, gateway_config_text(broker, tmp_path))
+    secret = (tmp_path / "password").read_text()
+    (tmp_path / "password").unlink()
+    gw = Gateway(config.load(path))
+    gw.start()
+    watcher = Watcher(broker)
+    try:
+        alarm = gw.emit(Kind.ALARM, "n01/smoke", {"cause": "smoke"})
+        time.sleep(1.5)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("uplink.password_file: cannot read it" in m for m in messages), messages
+        assert gw.outbox.depth()["critical"] == 1
+        (tmp_path / "password").write_text(secret)  # the technician puts it back
+        watcher.wait_for_events("alarm", 1, timeout=15)
+        assert watcher.events("alarm")[0].id == alarm.id
+    finally:
+        watcher.stop()
+        gw.stop(flush_timeout=0)
+
+
 def test_untrusted_broker_certificate_is_logged_clearly(tmp_path, broker, caplog):
     caplog.set_level(logging.INFO, logger="wardgate")
     foreign = TestPKI(tmp_path / "foreign", "some other CA")

@@ -105,7 +105,6 @@ class Uplink:
         self.client_id = client_id
         self.state_extra = state_extra or (lambda: {})
         self.on_message: MessageHandler | None = None
-        self._password = read_password(cfg)
         self._stop = threading.Event()
         # _wake guards _link replacement, link.up and _kicked; it is never held while calling
         # into paho (paho runs on_publish under its own message lock, which publish() takes)
@@ -210,7 +209,14 @@ class Uplink:
         client.max_inflight_messages_set(0)  # set from the CONNACK's Receive Maximum
         client.max_queued_messages_set(0)
         if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self._password)
+            try:  # read per connection: a missing secret is an uplink fault, not a dead gateway
+                password = read_password(self.cfg)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise _SetupError(
+                    f"uplink.password_file: cannot read it ({exc}); alarms are kept in the "
+                    "outbox until it is fixed"
+                ) from None
+            client.username_pw_set(self.cfg.username, password)
         if self.cfg.tls is not None:
             try:
                 client.tls_set_context(self._tls_context())

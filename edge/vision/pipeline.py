@@ -12,6 +12,7 @@ a Pi the detector is the bottleneck anyway, and the motion gate keeps most frame
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -130,7 +131,8 @@ class CameraPipeline(Pipeline):
         self.set_state("starting", "waiting for the first frame")
         while not stop.is_set():
             frame = self.source.read(last_seq, timeout=0.25)
-            self._watchdog(frame is not None)
+            with contextlib.suppress(NotAccepted):  # emit() logged it; retried on the next pass
+                self._watchdog(frame is not None)
             if frame is None:
                 if self.source.finished and not self.finished.is_set():
                     self.end_of_stream()
@@ -342,8 +344,7 @@ class CameraPipeline(Pipeline):
     def _watchdog(self, got_frame: bool) -> None:
         now = time.monotonic()
         if got_frame:
-            if self._offline:
-                self._offline = False
+            if self._offline:  # the flag flips only once the restore is durable
                 self.ctx.emit(
                     "fault",
                     self.event_source,
@@ -353,6 +354,7 @@ class CameraPipeline(Pipeline):
                         "down_s": round(now - self._offline_since, 1),
                     },
                 )
+                self._offline = False
             if self.state != "ok":
                 self.set_state("ok")
             return
@@ -363,17 +365,18 @@ class CameraPipeline(Pipeline):
         if age < limit:
             return
         if not self._offline:
-            self._offline = True
-            self._offline_since = now - age
-            self._last_kick = now
-            self.source.request_reconnect()
             why = self.source.last_error or "no frames"
             self.set_state("degraded", f"camera offline: {why}")
-            self.ctx.emit(
+            if now - self._last_kick >= limit:
+                self._last_kick = now
+                self.source.request_reconnect()
+            self.ctx.emit(  # the flag flips only once the fault is durable
                 "fault",
                 self.event_source,
                 {"active": True, "code": "camera_offline", "error": why[:60]},
             )
+            self._offline = True
+            self._offline_since = now - age
         elif now - self._last_kick >= limit:
             self._last_kick = now
             self.source.request_reconnect()
