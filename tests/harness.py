@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -196,3 +197,40 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class SteppedClock:
+    """A process's wall clock that a test steps for real while it runs (libfaketime), with
+    CLOCK_MONOTONIC and CLOCK_BOOTTIME left alone, as NTP stepping a Pi's clock leaves them.
+
+    libfaketime 0.9.10 turns Python 3.11's time.sleep (clock_nanosleep TIMER_ABSTIME on
+    CLOCK_MONOTONIC) into EINVAL when monotonic clocks are not faked (wolfcw/libfaketime#426): a
+    sitecustomize on the child's path makes time.sleep wait on an Event instead."""
+
+    LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+    SITECUSTOMIZE = (
+        "import threading, time\n"
+        "_never = threading.Event()\n"
+        "time.sleep = lambda seconds: _never.wait(seconds) if seconds > 0 else None\n"
+    )
+
+    def __init__(self, workdir: Path) -> None:
+        self.offset_file = workdir / "faketime-offset"
+        self.offset_file.write_text("+0\n")
+        self.site = workdir / "faketime-site"
+        self.site.mkdir(exist_ok=True)
+        (self.site / "sitecustomize.py").write_text(self.SITECUSTOMIZE)
+
+    def env(self) -> dict[str, str]:
+        assert self.LIB is not None, "libfaketime is not installed (Debian package faketime)"
+        return {
+            "LD_PRELOAD": self.LIB,
+            "FAKETIME_TIMESTAMP_FILE": str(self.offset_file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "PYTHONPATH": f"{self.site}{os.pathsep}{REPO}",
+        }
+
+    def step(self, offset: str) -> None:
+        """Set the child's wall clock to real time + offset ("+3600", "-3600", "+0")."""
+        self.offset_file.write_text(offset + "\n")

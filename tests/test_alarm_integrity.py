@@ -11,7 +11,6 @@ and a real SQLite lock.
 
 from __future__ import annotations
 
-import glob
 import json
 import sqlite3
 import threading
@@ -24,7 +23,13 @@ from edge import config, runtime
 from edge.pipeline import NotAccepted, Pipeline
 from edge.runtime import Gateway
 from firmware.unix_node import UnixNode
-from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
+from tests.harness import (
+    GatewayProcess,
+    SteppedClock,
+    Watcher,
+    gateway_config_text,
+    write_config,
+)
 from tests.serial_support import Running, events, wait
 from tests.test_receiver import ReceiverProcess
 from tests.test_serial_nodes import NODE, serial_ctx
@@ -141,42 +146,11 @@ def test_a_flood_of_300_reloads_neither_delays_nor_drops_alarm_acknowledgements(
 
 
 # --- defect 7: monotonic deadlines ----------------------------------------------------------------
-FAKETIME_LIB = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-
-# libfaketime 0.9.10 turns Python 3.11's time.sleep (clock_nanosleep TIMER_ABSTIME on
-# CLOCK_MONOTONIC) into EINVAL when monotonic clocks are not faked (wolfcw/libfaketime#426);
-# the gateway process sleeps on an Event instead. Everything else is untouched.
-SITECUSTOMIZE = """\
-import threading
-import time
-
-_never = threading.Event()
-
-
-def _sleep(seconds):
-    if seconds > 0:
-        _never.wait(seconds)
-
-
-time.sleep = _sleep
-"""
-
-
-@pytest.mark.skipif(not FAKETIME_LIB, reason="libfaketime is not installed (Debian: faketime)")
+@pytest.mark.skipif(not SteppedClock.LIB, reason="libfaketime is not installed (Debian: faketime)")
 def test_transmission_fault_deadline_holds_across_wall_clock_steps(broker, tmp_path):
-    offset = tmp_path / "faketime-offset"
-    offset.write_text("+0\n")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    clock = SteppedClock(tmp_path)
     text = gateway_config_text(broker, tmp_path, extra="[alarm_ack]\ntimeout_s = 3\n")
-    env = {
-        "LD_PRELOAD": FAKETIME_LIB[0],
-        "FAKETIME_TIMESTAMP_FILE": str(offset),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "PYTHONPATH": str(site),
-    }
+    env = clock.env()
     watcher = Watcher(broker, client_id="clock-watcher")
     gw = GatewayProcess(write_config(tmp_path, text), env=env).start()
     try:
@@ -187,7 +161,7 @@ def test_transmission_fault_deadline_holds_across_wall_clock_steps(broker, tmp_p
             before = len(watcher.events("alarm"))
             watcher.publish(f"{base}/cmd/test-alarm", b"{}")
             watcher.wait_for(lambda: len(watcher.events("alarm")) > before, what="the alarm")
-            offset.write_text(step)  # the wall clock of the gateway process steps now
+            clock.step(step)  # the wall clock of the gateway process steps now
             with watcher.lock:
                 rec = [m for m in watcher.messages if m.event and m.event.kind == "alarm"][-1]
             return rec.event.id_hex, rec.at
@@ -209,11 +183,11 @@ def test_transmission_fault_deadline_holds_across_wall_clock_steps(broker, tmp_p
             return fault.at - since
 
         # checked every timeout/4 = 0.75 s: never early, never much later
-        forward_id, at = alarm_then_step("+3600\n")  # NTP steps the clock forward by an hour
+        forward_id, at = alarm_then_step("+3600")  # NTP steps the clock forward by an hour
         forward = fault_delay(forward_id, at)
         print(f"fault {forward:.2f} s after the alarm (clock +1 h)")
         assert 2.8 <= forward <= 4.5, forward
-        back_id, at = alarm_then_step("+0\n")  # and back again
+        back_id, at = alarm_then_step("+0")  # and back again
         back = fault_delay(back_id, at)
         print(f"fault {back:.2f} s after the alarm (clock -1 h)")
         assert 2.8 <= back <= 4.5, back

@@ -7,7 +7,6 @@ clock steps are libfaketime stepping a running process's wall clock.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -22,7 +21,14 @@ import pytest
 
 from edge.events import Event, Kind, Lane, decode
 from edge.uplink.outbox import Outbox, OutboxError
-from tests.harness import REPO, GatewayProcess, Watcher, gateway_config_text, write_config
+from tests.harness import (
+    REPO,
+    GatewayProcess,
+    SteppedClock,
+    Watcher,
+    gateway_config_text,
+    write_config,
+)
 
 MIB = 1024 * 1024
 
@@ -268,18 +274,6 @@ def test_gateway_on_full_tmpfs_delivers_every_alarm_across_sigterm(
 
 
 # --- expiry across wall-clock steps (libfaketime) ----------------------------------------------
-def _libfaketime() -> str | None:
-    try:
-        out = subprocess.run(
-            ["dpkg", "-L", "libfaketime"], capture_output=True, text=True, check=False
-        ).stdout.split()
-    except OSError:
-        out = []
-    found = [p for p in out if p.endswith("/libfaketime.so.1")]
-    found += glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    return found[0] if found else None
-
-
 HOLDER = textwrap.dedent(
     """
     import json, sys
@@ -304,19 +298,10 @@ HOLDER = textwrap.dedent(
 
 
 def test_queued_telemetry_expiry_ignores_wall_clock_steps(tmp_path):
-    lib = _libfaketime()
-    if lib is None:
+    if SteppedClock.LIB is None:
         pytest.skip("libfaketime not installed (Debian package faketime)")
-    stamp = tmp_path / "faketime"
-    stamp.write_text("+0\n")
-    env = {
-        **os.environ,
-        "LD_PRELOAD": lib,
-        "FAKETIME_TIMESTAMP_FILE": str(stamp),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "PYTHONPATH": str(REPO),
-    }
+    clock = SteppedClock(tmp_path)
+    env = {**os.environ, **clock.env()}
     child = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path / "o.db")],
         stdin=subprocess.PIPE,
@@ -335,12 +320,12 @@ def test_queued_telemetry_expiry_ignores_wall_clock_steps(tmp_path):
     try:
         ask("put long 600")
         assert ask("put short 3") == {"long": [False, 600], "short": [False, 3]}
-        stamp.write_text("+3600\n")  # NTP steps the clock an hour forward
+        clock.step("+3600")  # NTP steps the clock an hour forward
         got = ask("check")
         assert got["long"] == [False, 600], f"expired early after a +1 h step: {got}"
         got = ask("reopen")  # a restart in the same boot ages rows the same way
         assert got["long"] == [False, 600], f"after reopen: {got}"
-        stamp.write_text("-3600\n")  # and an hour back
+        clock.step("-3600")  # and an hour back
         time.sleep(3.3)
         got = ask("check")
         assert got["short"][0] is True, f"not expired 3.3 s after a 3 s expiry (-1 h step): {got}"
