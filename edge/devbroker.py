@@ -79,6 +79,7 @@ class MosquittoBroker:
             "max_queued_messages 0",
             "max_inflight_messages 0",
             "message_size_limit 0",
+            "set_tcp_nodelay true",  # as the provisioned broker: no Nagle delay on alarms
         ]
         if users is not None or password_file is not None:
             if password_file is None:

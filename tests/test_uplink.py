@@ -424,3 +424,18 @@ def test_missing_tls_file_is_named_in_the_log(tmp_path, broker, caplog):
         assert gw.outbox.depth()["critical"] == 1
     finally:
         gw.stop(flush_timeout=0)
+
+
+def test_uplink_socket_has_nagle_off(tmp_path, broker):
+    """Nagle's algorithm held alarms for the broker's delayed ACK behind command replies
+    (bench/uplink.py: alarm p50 2 -> 25 ms under 200 commands/s)."""
+    gw = make_gateway(tmp_path, broker)
+    gw.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not gw.uplink.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sock = gw.uplink._link.client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        gw.stop(flush_timeout=0)

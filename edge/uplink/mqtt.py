@@ -14,9 +14,11 @@ is persistent (clean_start=False, a session expiry), so commands sent while we w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -230,6 +232,7 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -484,6 +487,14 @@ class Uplink:
         link.inflight[info.mid] = (row.id, info)
         self.stats["sent"] += 1
         return True
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle's algorithm: with small command replies and PUBACKs in flight, an alarm's
+    PUBLISH otherwise waits for the broker's delayed ACK (measured: alarm p50 2 -> 25 ms under
+    200 commands/s). paho does not set TCP_NODELAY itself."""
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. a unix socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _SetupError(Exception):
