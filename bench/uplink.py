@@ -441,53 +441,87 @@ def latency_wardgate(
 
 FLOOD_RATE = 200  # commands per second
 FLOOD_RELOAD_EVERY = 20  # every 20th command is a `reload` (~0.1-0.8 s of work each)
+FLOOD_COMMAND = "status"  # the rest: a status request (the heaviest read-only command)
+
+
+def _flood_main(conn: Any, host: str, port: int, gateway: str, knobs: tuple) -> None:
+    """The operator's process: commands at `rate`/s to one gateway, an ack for every alarm."""
+    from edge.events import decode
+
+    rate, reload_every, command = knobs
+    topics = topics_for(gateway)
+    answered = [0]
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"{gateway}-operator",
+        protocol=mqtt.MQTTv5,
+    )
+
+    def on_message(client, userdata, msg) -> None:
+        if msg.topic == topics.cmd_res:
+            answered[0] += 1
+        elif msg.topic.endswith("/evt/alarm"):
+            ack = json.dumps({"id": decode(msg.payload).id_hex, "by": "bench"}).encode()
+            client.publish(topics.ack, ack, qos=1)
+
+    subscribed = threading.Event()
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_connect = lambda c, *a: c.subscribe(
+        [(topics.cmd_res, 1), (topics.event(Kind.ALARM), 1)]
+    )
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    conn.send("ready" if subscribed.wait(20) else "not subscribed")
+    sent = 0
+    next_at = time.monotonic()
+    while not conn.poll():
+        name = "reload" if sent % reload_every == reload_every - 1 else command
+        client.publish(topics.cmd(name), json.dumps({"id": sent}).encode(), qos=1)
+        sent += 1
+        next_at += 1 / rate
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    time.sleep(0.5)  # the last replies
+    conn.send((sent, answered[0]))
+    client.loop_stop()
+    client.disconnect()
 
 
 class CommandFlood:
-    """An operator client publishing commands to one gateway as fast as FLOOD_RATE allows, and
-    acknowledging every alarm it sees (as a receiver would): acks and commands share the link."""
+    """An operator in its own process (as in the field: it must not compete with the gateway
+    for the bench's GIL) publishing FLOOD_RATE commands/s to one gateway, every
+    FLOOD_RELOAD_EVERY-th a `reload`, and acknowledging every alarm it sees, as a receiver does:
+    acks and commands reach the gateway on the same link."""
 
     def __init__(self, broker: MosquittoBroker, topics: GatewayTopics) -> None:
-        from edge.events import decode
-
-        self.topics = topics
-        self.sent = 0
-        self.answered = 0
-        self._stop = threading.Event()
-        self.client = plain_client(broker, f"{topics.gateway}-operator", 64)
-
-        def on_message(client, userdata, msg) -> None:
-            if msg.topic == topics.cmd_res:
-                self.answered += 1
-            elif msg.topic.endswith("/evt/alarm"):
-                ack = json.dumps({"id": decode(msg.payload).id_hex, "by": "bench"}).encode()
-                client.publish(topics.ack, ack, qos=1)
-
-        self.client.on_message = on_message
-        self.client.subscribe([(topics.cmd_res, 1), (topics.event(Kind.ALARM), 1)])
-        self._thread = threading.Thread(target=self._run, name="bench-flood", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            reload = self.sent % FLOOD_RELOAD_EVERY == FLOOD_RELOAD_EVERY - 1
-            name = "reload" if reload else "status"
-            body = json.dumps({"id": self.sent}).encode()
-            self.client.publish(self.topics.cmd(name), body, qos=1)
-            self.sent += 1
-            next_at += 1 / FLOOD_RATE
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        knobs = (FLOOD_RATE, FLOOD_RELOAD_EVERY, FLOOD_COMMAND)
+        self.proc = ctx.Process(
+            target=_flood_main,
+            args=(child, broker.host, broker.port, topics.gateway, knobs),
+            daemon=True,
+        )
+        self.proc.start()
+        answer = self.conn.recv() if self.conn.poll(30) else "no answer in 30 s"
+        if answer != "ready":
+            raise RuntimeError(f"the bench operator did not come up: {answer}")
+        self.sent = self.answered = 0
+        self._stopped = False
 
     def stop(self) -> None:
-        if self._stop.is_set():
+        if self._stopped:
             return
-        self._stop.set()
-        self._thread.join(5)
-        self.client.loop_stop()
-        self.client.disconnect()
+        self._stopped = True
+        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+            self.conn.send("stop")
+            if self.conn.poll(10):
+                self.sent, self.answered = self.conn.recv()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 def latency_plain(broker: MosquittoBroker, sub: Subscriber, params: Params, max_inflight: int):
