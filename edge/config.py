@@ -94,7 +94,7 @@ class UplinkSection(Section):
 
 class OutboxSection(Section):
     path: AbsPath = Path("/var/lib/wardgate/outbox.sqlite3")
-    max_events: int = Field(200_000, ge=10, le=100_000_000)
+    max_events: int = Field(1_000_000, ge=10, le=100_000_000)  # a day offline at ~10 ev/s
     fsync: Literal["critical", "full", "normal"] = Field(
         "critical",
         description="critical: alarms and faults survive a power cut once accepted; full: all",

@@ -100,7 +100,7 @@ class Outbox:
     def __init__(
         self,
         path: Path | str,
-        max_events: int = 200_000,
+        max_events: int = 1_000_000,
         fsync: str = "critical",
         disk_budget_mb: float = DEFAULT_DISK_BUDGET_MB,
         reserve_kb: int = DEFAULT_RESERVE_KB,
