@@ -4,10 +4,10 @@
     .venv/bin/python bench/fire_path.py --quick    # smoke run (30 rounds), about 8 s
     .venv/bin/python bench/fire_path.py --json out.json --keep   # per-alarm stamps, logs
 
-Nothing is mocked. In one run, against one private Mosquitto (edge.devbroker, plain listener,
+Nothing is mocked. In one run, against one private Mosquitto (devtools.devbroker, plain listener,
 anonymous):
 
-- two real node firmwares under the MicroPython unix port (firmware.unix_node.UnixNode), each
+- two real node firmwares under the MicroPython unix port (devtools.unix_node.UnixNode), each
   with one manual call point (sampled every 5 ms, debounce 1) and a heartbeat every second:
   n07 on a plain pty, n08 on a pty paced at 115200 baud by a relay process (see below);
 - the real gateway, `edge.runtime.Gateway` in this process, one `[[serial.ports]]` per node,
@@ -93,12 +93,12 @@ from bench.common import (  # noqa: E402
     work_dir,
 )
 from bench.uplink import make_specs  # noqa: E402
+from devtools.devbroker import MOSQUITTO, MosquittoBroker  # noqa: E402
+from devtools.unix_node import PROTOCOL_DIR, UnixNode, micropython_binary  # noqa: E402
 from edge import config as config_mod  # noqa: E402
-from edge.devbroker import MOSQUITTO, MosquittoBroker  # noqa: E402
-from edge.events import Kind  # noqa: E402
 from edge.runtime import Gateway  # noqa: E402
-from firmware.unix_node import PROTOCOL_DIR, UnixNode, micropython_binary  # noqa: E402
-from sensor_drivers import node_protocol as np  # noqa: E402
+from protocol import node_protocol as np  # noqa: E402
+from protocol.events import Kind  # noqa: E402
 
 TARGET_OVER_WIRE_MS = 10.0
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -161,7 +161,7 @@ def hardware_priority(pid: int, priority: int = NODE_PRIORITY) -> bool:
 # --- the subscriber (its own process) ------------------------------------------------------------
 def _subscriber_main(conn: Any, host: str, port: int, acknowledge: bool) -> None:
     """A receiver-like QoS 1 subscriber: stamps alarms, acknowledges them, counts the rest."""
-    from edge.events import decode
+    from protocol.events import decode
 
     send_lock = threading.Lock()
     counts: Counter[str] = Counter()

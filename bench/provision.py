@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(REPO))
 
 from bench.common import fmt, machine_summary, print_table  # noqa: E402
-from edge.devbroker import MOSQUITTO_PASSWD  # noqa: E402
+from devtools.devbroker import MOSQUITTO_PASSWD  # noqa: E402
 from provisioning import pki  # noqa: E402
 from provisioning.enroll import Enroller  # noqa: E402
 from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file  # noqa: E402

@@ -3,7 +3,7 @@
     .venv/bin/python bench/uplink.py            # full run, about 2 min 15 s
     .venv/bin/python bench/uplink.py --quick    # smoke run, about 10 s (keeps it from rotting)
 
-Everything runs against one private Mosquitto (edge.devbroker, plain listener, anonymous,
+Everything runs against one private Mosquitto (devtools.devbroker, plain listener, anonymous,
 persistence on so that the subscriber's session survives the outage, but saved only at shutdown
 so that its periodic disk writes do not stall the broker mid-measurement). Each wardgate number is
 printed next to a baseline measured in the same run on the same broker:
@@ -71,11 +71,11 @@ from bench.common import (  # noqa: E402
     ratio,
     work_dir,
 )
+from devtools.devbroker import MOSQUITTO, MosquittoBroker  # noqa: E402
 from edge import config as config_mod  # noqa: E402
-from edge.devbroker import MOSQUITTO, MosquittoBroker  # noqa: E402
-from edge.events import Event, Kind  # noqa: E402
 from edge.runtime import Gateway  # noqa: E402
-from edge.topics import GatewayTopics  # noqa: E402
+from protocol.events import Event, Kind  # noqa: E402
+from protocol.topics import GatewayTopics  # noqa: E402
 
 TARGET_P99_MS = 20.0
 TARGET_DRAIN_PER_S = 3000.0
@@ -157,7 +157,7 @@ def topics_for(gateway_id: str) -> GatewayTopics:
 # --- the subscriber (its own process) ------------------------------------------------------------
 def _subscriber_main(conn: Any, host: str, port: int) -> None:
     """A backend-like QoS 1 subscriber on wg/# with a persistent session; answers over `conn`."""
-    from edge.events import decode
+    from protocol.events import decode
 
     lock = threading.Lock()
     counts: Counter[str] = Counter()
@@ -446,7 +446,7 @@ FLOOD_COMMAND = "status"  # the rest: a status request (the heaviest read-only c
 
 def _flood_main(conn: Any, host: str, port: int, gateway: str, knobs: tuple) -> None:
     """The operator's process: commands at `rate`/s to one gateway, an ack for every alarm."""
-    from edge.events import decode
+    from protocol.events import decode
 
     rate, reload_every, command = knobs
     topics = topics_for(gateway)
@@ -658,7 +658,7 @@ HEAVY_LIBS = ("numpy", "cv2", "litert", "tensorflow", "pymodbus", "cryptography"
 
 
 def rss_gateway(workdir: Path, broker: MosquittoBroker, sub: Subscriber, params: Params):
-    from edge.events import decode
+    from protocol.events import decode
 
     topics = topics_for("bench-rss")
     test_source = "\n[test_source]\nenabled = true\ninterval_s = 0.0007\nalarm_every_s = 1.0\n"

@@ -21,8 +21,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from edge import clock
-from edge.events import Event, Kind
 from edge.pipeline import NotAccepted, Pipeline
+from protocol.events import Event, Kind
 
 if TYPE_CHECKING:
     from edge.runtime import Gateway

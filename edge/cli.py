@@ -1,4 +1,11 @@
-"""The one `wardgate` command. Subcommands of other packages register through `register(sub)`.
+"""The one `wardgate` command: a thin dispatcher over every role's subcommands.
+
+Each subcommand lives in its role's package (COMMANDS) and is registered by that module's
+`register(sub)`. Only the module of the subcommand given is imported (every module, all cheap
+to import, only for `wardgate --help`); its heavy dependencies load inside the handler. A
+subcommand whose role is not installed (`wardgate alarms` on a gateway-only install) ends with
+one line naming the extra to install, and exit status 2. This module imports nothing but the
+standard library: it is the composition root, the one place that names every role (by string).
 
 Exit status, the same for every subcommand (README, "Exit status"):
 0 done; 1 runtime failure (the work itself failed, or `check-config`/`provision verify` found
@@ -16,14 +23,23 @@ import sys
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
-# Modules that add subcommands; each must be cheap to import (heavy imports inside handlers).
-PLUGIN_MODULES = (
-    "edge.core_cli",
-    "edge.vision.cli",
-    "sensor_drivers.cli",
-    "firmware.cli",
-    "provisioning.cli",
-)
+#: subcommand -> (the module that registers it, the extra that installs what it needs; None: the
+#: base install). Each module must be cheap to import (standard library only at import time).
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "check-config": ("edge.core_cli", "gateway"),
+    "run": ("edge.core_cli", "gateway"),
+    "decode": ("edge.core_cli", None),
+    "alarms": ("central.cli", "central"),
+    "detect": ("edge.vision.cli", "gateway"),
+    "serial": ("sensor_drivers.cli", "gateway"),
+    "firmware": ("firmware.cli", "firmware"),
+    "provision": ("provisioning.cli", "fleet"),
+    "demo": ("devtools.cli", "demo"),
+    "train-smoke": ("devtools.cli", "models"),
+}
+#: wardgate's own top-level packages: a missing module outside them is a missing dependency
+OWN_PACKAGES = frozenset({"edge", "sensor_drivers", "protocol", "central", "provisioning",
+                          "firmware", "devtools"})
 LEVELS = ("debug", "info", "warning", "error", "critical")
 # sd-daemon(3) priorities: journald reads a "<N>" line prefix on a stream as the line's priority
 JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
@@ -65,7 +81,19 @@ def _add_log_options_below(parser: argparse.ArgumentParser) -> None:
         _add_log_options_below(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (top-level options skipped), if any."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-level":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv` naming a known subcommand, only that subcommand's module loads."""
     parser = argparse.ArgumentParser(
         prog="wardgate",
         description="Edge gateway for smart-ward cameras and fire sensors.",
@@ -74,16 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wardgate {version()}")
     _add_log_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # that part of wardgate is not installed
-            raise
-        module.register(sub)
+    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    if chosen in COMMANDS:
+        modules = [COMMANDS[chosen][0]]
+    else:  # --help, --version, a typo: every subcommand, for argparse's list of choices
+        modules = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
+    for name in modules:
+        importlib.import_module(name).register(sub)
     _add_log_options_below(parser)
     return parser
+
+
+def missing_role(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one line to print when `command` failed for a dependency its role's extra installs."""
+    missing = (exc.name or "").partition(".")[0]
+    if not missing or missing in OWN_PACKAGES or command not in COMMANDS:
+        return None
+    extra = COMMANDS[command][1] or "gateway"
+    return (
+        f"wardgate {command}: not installed here (no module named {missing!r}): "
+        f"pip install 'wardgate[{extra}]'"
+    )
 
 
 def under_journald() -> bool:
@@ -133,7 +172,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args)
     try:
@@ -142,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as exc:
+        line = missing_role(args.command, exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ valid float (`heartbeat_s = 30`), and a path is written as a string. Floats must
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from edge.topics import check_segment
+from protocol.topics import check_segment
 
 
 class Section(BaseModel):
@@ -65,3 +67,220 @@ def _list_to_tuple(value: Any) -> Any:
 
 #: [x, y] in TOML, a tuple in Python; the items stay strictly typed.
 Pair = BeforeValidator(_list_to_tuple)
+
+
+M = TypeVar("M", bound=Section)
+
+# --- loading a TOML file into a Section: every problem as `file:line: key: reason` --------
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file, each as `file:line: key: what is wrong`."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+#: A config file is a few KB; anything past this is the wrong file (or /dev/zero).
+MAX_BYTES = 1 << 20
+#: Arrays and tables nested deeper than this are no wardgate config (ours reach about 8).
+MAX_DEPTH = 32
+#: Values echoed in a problem are cut to about this many characters.
+ECHO_CHARS = 60
+
+
+def parse_model(model: type[M], text: str, path: Path | str) -> M:
+    """TOML text into any Section model (the gateway config, the fleet settings, ...)."""
+    return validate_model(model, _toml(text, path), path, text)
+
+
+def _toml(text: str, path: Path | str) -> dict[str, Any]:
+    text = text.removeprefix(BOM)  # a UTF-8 byte-order mark (Windows editors) is ignored
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise ConfigError(path, [f"{where}: not valid TOML: {_clip(str(exc), 200)}"]) from None
+    except RecursionError:
+        line = _deep_line(text)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(path, [f"{where}: {_TOO_DEEP}"]) from None
+
+
+BOM = "\ufeff"
+_TOO_DEEP = f"arrays or tables nested more than {MAX_DEPTH} levels deep: not a wardgate config"
+
+
+def validate_model(model: type[M], data: dict[str, Any], path: Path | str, text: str = "") -> M:
+    """Validate; on failure a ConfigError with every problem as `file:line: key: reason`."""
+    text = text.removeprefix(BOM)
+    deep = _too_deep(data)
+    if deep is not None:
+        line = _KeyLines(text).find(deep)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(path, [f"{where}: {_dotted(deep[:6])}: {_TOO_DEEP}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = _KeyLines(text)
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = [p for p in err["loc"] if not _is_union_tag(p)]
+            key = _dotted(loc)
+            line = lines.find(loc)
+            where = f"{path}:{line}" if line else str(path)
+            problems.append(f"{where}: {key or '(top level)'}: {_explain(err)}")
+        raise ConfigError(path, problems) from None
+    except RecursionError:  # _too_deep keeps this away; never a 3,000-line traceback
+        raise ConfigError(path, [f"{path}: {_TOO_DEEP}"]) from None
+
+
+def _too_deep(data: Any) -> list[Any] | None:
+    """The key path of the first value nested deeper than MAX_DEPTH, or None (no recursion)."""
+    stack: list[tuple[Any, list[Any]]] = [(data, [])]
+    while stack:
+        value, loc = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            return loc
+        if isinstance(value, dict):
+            stack.extend((v, [*loc, k]) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, [*loc, i]) for i, v in enumerate(value))
+    return None
+
+
+def _deep_line(text: str) -> int | None:
+    """Where brackets first nest deeper than MAX_DEPTH (strings are not skipped: a hint only)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        for char in line:
+            depth += 1 if char in "[{" else -1 if char in "]}" else 0
+            if depth > MAX_DEPTH:
+                return number
+    return None
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("function-after",))
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        part = part if isinstance(part, int) else _clip(str(part), 40)
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _clip(text: str, limit: int = ECHO_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def _echo(value: Any) -> str:
+    """A value as the user wrote it, cut to about ECHO_CHARS characters."""
+    return _clip(repr(value))
+
+
+#: strict types: what a key wanted, for inputs of another TOML type
+_WANTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string (in quotes)",
+}
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling against docs/config.md)"
+    if kind == "missing":
+        return "required key is missing"
+    given = err.get("input")
+    scalar = given is not None and not isinstance(given, dict | list)
+    if kind in _WANTED and scalar:
+        hint = ": write it without quotes" if isinstance(given, str) else ""
+        return f"must be {_WANTED[kind]}, not {_toml_type(given)}{hint} (got {_echo(given)})"
+    if kind == "finite_number":
+        return f"must be a finite number (got {_echo(given)})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if scalar:
+        full = repr(given)
+        if full in msg:  # the message already quotes the value: once, cut short
+            return _clip(msg.replace(full, _echo(given)), 300)
+        return f"{_clip(msg, 300)} (got {_echo(given)})"
+    return _clip(msg, 300)
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+class _KeyLines:
+    """Maps a key path to the line that sets it, by reading the TOML text itself.
+
+    tomllib keeps no positions; this covers what people write in config files: [tables],
+    [[arrays of tables]], `key = value` and dotted keys. It falls back to the nearest table.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.where: dict[tuple[Any, ...], int] = {}
+        counters: dict[tuple[Any, ...], int] = {}
+        table: tuple[Any, ...] = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                names = tuple(_split_key(header.group(2)))
+                if header.group(1) == "[[":
+                    index = counters.get(names, -1) + 1
+                    counters[names] = index
+                    table = self._resolve(names, counters) + (index,)
+                else:
+                    table = self._resolve(names, counters)
+                self.where.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                full = table + tuple(_split_key(key.group(1)))
+                self.where.setdefault(full, number)
+
+    @staticmethod
+    def _resolve(names: tuple[str, ...], counters: dict[tuple[Any, ...], int]) -> tuple[Any, ...]:
+        """[a.b] inside the latest [[a]] element becomes (a, i, b)."""
+        out: list[Any] = []
+        for i, name in enumerate(names):
+            out.append(name)
+            prefix = names[: i + 1]
+            if prefix in counters and i < len(names) - 1:
+                out.append(counters[prefix])
+        return tuple(out)
+
+    def find(self, loc: list[Any]) -> int | None:
+        path = tuple(loc)
+        while path:
+            if path in self.where:
+                return self.where[path]
+            path = path[:-1]
+        return None
+
+
+def _split_key(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]

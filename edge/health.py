@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from edge.events import Kind
 from edge.pipeline import NotAccepted, Pipeline
+from protocol.events import Kind
 
 if TYPE_CHECKING:
     from edge.runtime import Gateway

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.events import Event, Kind, Severity
-    from edge.topics import GatewayTopics
+    from protocol.events import Event, Kind, Severity
+    from protocol.topics import GatewayTopics
 
 State = Literal["starting", "ok", "degraded", "failed", "stopped"]
 

@@ -34,10 +34,10 @@ import cbor2
 from edge import config as config_mod
 from edge.alarm_ack import AckSupervisor
 from edge.config import Config
-from edge.events import Event, Kind, Severity
 from edge.pipeline import AckListener, CommandHandler, NotAccepted, Pipeline
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox, OutboxError
+from protocol.events import Event, Kind, Severity
 
 log = logging.getLogger("wardgate.runtime")
 

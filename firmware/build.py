@@ -3,10 +3,13 @@
 The bundle is a directory to copy onto the board's filesystem as it is:
     main.py                 (boards run main.py at boot, so it stays source: two lines)
     node/*.mpy              the firmware, compiled to portable bytecode
-    node_protocol.mpy       the wire protocol, the same module the gateway runs
+    node_protocol.mpy       the wire protocol, the same module the gateway runs (protocol/)
+    names.mpy               the name rule, the same module the gateway runs (protocol/)
     node.json               the node's settings, if given
     manifest.json           version, protocol version, mpy ABI and a SHA-256 for every file
 Builds are reproducible: the same sources give the same bytes and the same manifest.
+The unix-port HAL (node/hal_unix.py) is not in a board bundle: devtools.unix_node adds it from the
+source tree when it runs a bundle under the MicroPython unix port.
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ from pathlib import Path
 from typing import Any
 
 FIRMWARE_DIR = Path(__file__).resolve().parent
-PROTOCOL_SOURCE = FIRMWARE_DIR.parent / "sensor_drivers" / "node_protocol.py"
+PROTOCOL_DIR = FIRMWARE_DIR.parent / "protocol"
 MANIFEST = "manifest.json"
-#: compiled into the bundle; hal_unix lets the very same bundle run under the unix port
+#: the unix port's HAL: in the source tree for tests and devtools, never in a board bundle
+UNIX_HAL = FIRMWARE_DIR / "node" / "hal_unix.py"
+#: compiled into the bundle
 SOURCES = {
     "node/__init__.py": FIRMWARE_DIR / "node" / "__init__.py",
     "node/app.py": FIRMWARE_DIR / "node" / "app.py",
     "node/config.py": FIRMWARE_DIR / "node" / "config.py",
     "node/sensors.py": FIRMWARE_DIR / "node" / "sensors.py",
     "node/board.py": FIRMWARE_DIR / "node" / "board.py",
-    "node/hal_unix.py": FIRMWARE_DIR / "node" / "hal_unix.py",
-    "node_protocol.py": PROTOCOL_SOURCE,
+    "node_protocol.py": PROTOCOL_DIR / "node_protocol.py",
+    "names.py": PROTOCOL_DIR / "names.py",
 }
 COPIED = {"main.py": FIRMWARE_DIR / "main.py"}
 
@@ -47,7 +52,7 @@ def firmware_version() -> str:
 
 
 def protocol_version() -> int:
-    from sensor_drivers import node_protocol
+    from protocol import node_protocol
 
     return node_protocol.PROTOCOL_VERSION
 

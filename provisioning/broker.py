@@ -3,7 +3,7 @@
 Everything here is a pure function of the registry and fleet.toml, so the broker files can always
 be rebuilt and a rerun writes the same bytes.
 
-Who may do what (topic tree: edge/topics.py, docs/topics.md):
+Who may do what (topic tree: protocol/topics.py, docs/topics.md):
   gateway    writes its own state, evt/#, tele, snap/#, cmd/res; reads its own cmd/# and ack
   receiver   reads evt/alarm, evt/fault and state of its district(s); writes ack there
   operator   reads everything in its district(s) ('*' = all); writes cmd/<name> there, for
@@ -18,11 +18,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.topics import GATEWAY_COMMANDS, GatewayTopics, district_filter
-from provisioning.fleet import FleetDir, FleetSettings
+from protocol.topics import GATEWAY_COMMANDS, GatewayTopics, district_filter
+from provisioning.fleet import FleetSettings
 
 if TYPE_CHECKING:
-    from edge.devbroker import MosquittoBroker
     from provisioning.inventory import Inventory
 
 ROLES = ("gateway", "receiver", "operator")
@@ -242,29 +241,3 @@ def render_mosquitto_conf(
             "",
         ]
     )
-
-
-def start_local_broker(fleet: FleetDir, workdir: Path) -> MosquittoBroker:
-    """The fleet's own mosquitto.conf, password file, ACL, certificates and CRL, loaded into a
-    private Mosquitto on free loopback ports (for the demo and the tests). The ports are set as
-    `cert_port` and `password_port` on the returned broker; `stop()` it when done."""
-    from edge.devbroker import MosquittoBroker, free_port, wait_for_port
-
-    cert_port, password_port = free_port(), free_port()
-    conf = render_mosquitto_conf(
-        fleet.settings(),
-        files_dir=str(fleet.broker_dir),
-        bind="127.0.0.1",
-        cert_port=cert_port,
-        password_port=password_port,
-    )
-    broker = MosquittoBroker(workdir, extra_conf=conf, plain_listener=False)
-    broker.start()
-    try:
-        for port in (cert_port, password_port):
-            wait_for_port(port, 10)
-    except TimeoutError:
-        broker.stop()
-        raise RuntimeError(f"mosquitto did not start:\n{broker.log()}") from None
-    broker.cert_port, broker.password_port = cert_port, password_port
-    return broker

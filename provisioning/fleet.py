@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, field_validator
 
 from edge.confbase import Section, TopicSegment
-from edge.topics import DEFAULT_PREFIX
+from protocol.topics import DEFAULT_PREFIX
 from provisioning.passwd import DEFAULT_ITERATIONS, MAX_ITERATIONS
 
 PASSPHRASE_ENV = "WARDGATE_CA_PASSPHRASE"
@@ -68,7 +68,7 @@ class OperatorAccount(Section):
     @field_validator("districts")
     @classmethod
     def _district_or_star(cls, value: list[str]) -> list[str]:
-        from edge.topics import check_segment
+        from protocol.topics import check_segment
 
         for district in value:
             if district != "*":
@@ -218,7 +218,7 @@ class FleetDir:
 
 
 def load_settings(path: Path) -> FleetSettings:
-    from edge.config import ConfigError, parse_model
+    from edge.confbase import ConfigError, parse_model
 
     try:
         return parse_model(FleetSettings, path.read_text(encoding="utf-8"), path)

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edge.topics import check_segment
+from protocol.names import SHORT_NAME_RULE, node_label
+from protocol.topics import check_segment
 
 SITE_TYPES = ("police_post", "fire_point")
 REQUIRED = ("id", "district", "ward", "site_type", "hw_serial")
@@ -313,8 +314,7 @@ def parse_sensors(cell: str) -> tuple[SensorPort, ...]:
         return ()
     from pydantic import ValidationError
 
-    from sensor_drivers.config import SerialConfig
-    from sensor_drivers.port import resolve
+    from sensor_drivers.config import SerialConfig, resolve
 
     ports: list[SensorPort] = []
     counts = dict.fromkeys(PORT_NAMES, 0)
@@ -481,7 +481,7 @@ def _detector(item: str, word: str, devices: list[Detector]) -> Detector:
         fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         if fields == {"name"}:
             raise ValueError(
-                f"{item!r}: {word!r}: name {name!r} must be 1-12 letters, digits, '_' or '-' "
+                f"{item!r}: {word!r}: name {name!r} must be {SHORT_NAME_RULE} "
                 "(it starts the detector's event sources)"
             ) from None
         raise ValueError(f"{item!r}: {word!r}: {exc}") from None
@@ -491,7 +491,6 @@ def _detector(item: str, word: str, devices: list[Detector]) -> Detector:
 def _sources(port: SensorPort) -> list[tuple[str, str, str]]:
     """The event source prefixes a port's devices take, which must differ on one gateway."""
     from sensor_drivers.config import ModbusDevice
-    from sensor_drivers.node_driver import node_label
 
     out = [(node_label(n), f"node {n}", "node ids must differ on one gateway") for n in port.nodes]
     for d in port.devices:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from sensor_drivers import node_protocol as np
+    from protocol import node_protocol as np
     from sensor_drivers.port import PortError, SerialPort
 
     port = SerialPort(args.port, args.baud)

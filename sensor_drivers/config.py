@@ -11,17 +11,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.confbase import Section, TopicSegment
+from edge.confbase import ConfigError, Section, TopicSegment
+from protocol.names import SHORT_NAME_PATTERN, SHORT_NAME_RULE
 
+#: where udev names USB-serial adapters by their serial number (stable across plugs)
+BY_ID_DIR = Path("/dev/serial/by-id")
 HOUR = 3600.0
 DAY = 86400.0
 ShortName = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$",
-        description="1-12 letters, digits, '_' or '-': the start of every event source",
+        pattern=SHORT_NAME_PATTERN,
+        description=SHORT_NAME_RULE + ": the start of every event source",
     ),
 ]
+
+
+def resolve(path: str, by_id_dir: Path = BY_ID_DIR) -> Path:
+    """A device path as given, or a bare name looked up in /dev/serial/by-id."""
+    if "/" in path:
+        return Path(path)
+    return by_id_dir / path
 
 
 class ReadingSettings(Section):
@@ -49,7 +59,6 @@ class ModbusDevice(Section):
     @field_validator("profile")
     @classmethod
     def _profile_loads(cls, name: str) -> str:
-        from edge.config import ConfigError
         from sensor_drivers.modbus_profile import load_profile, profile_path
 
         path = profile_path(name)

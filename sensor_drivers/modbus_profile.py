@@ -12,11 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from edge.confbase import Section
+from edge.confbase import ConfigError, Section, parse_model
+from protocol.names import SHORT_NAME_PATTERN
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")]
+Name = Annotated[str, Field(pattern=SHORT_NAME_PATTERN)]
 Table = Literal["input", "holding", "discrete", "coil"]
 Address = Annotated[int, Field(ge=0, le=65535)]
 #: engineering values (finite, like every float in a Section): beyond this is a typo
@@ -115,8 +116,6 @@ def profile_path(name: str) -> Path:
 @lru_cache(maxsize=64)
 def load_profile(name: str) -> Profile:
     """A profile by name (sensor_drivers/profiles/<name>.toml) or path; ConfigError if bad."""
-    from edge.config import ConfigError, parse_model
-
     path = profile_path(name)
     try:
         text = path.read_text(encoding="utf-8")

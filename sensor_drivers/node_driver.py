@@ -19,13 +19,13 @@ once its inputs have settled (`REBOOT_SETTLE_S` of uptime) are restored.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from typing import Any
 
 from edge.pipeline import Context, NotAccepted
-from sensor_drivers import node_protocol as np
+from protocol import node_protocol as np
+from protocol.names import is_short_name, node_label
 from sensor_drivers.config import PortSettings
 from sensor_drivers.port import PortError, PortLost, PortPipeline, Reconnector, SerialPort
 from sensor_drivers.readings import ReadingGate
@@ -40,13 +40,6 @@ READ_SLICE_S = 0.05
 #: node uptime after which a rebooted node's heartbeat shows its line faults (inputs debounced)
 REBOOT_SETTLE_S = 2
 NODE_FAULT_BIT = 31  # heartbeat `faults`: a node-level fault (sensor index 255) is active
-
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
-
-
-def node_label(node: int) -> str:
-    return f"n{node:02d}"
 
 
 class NodeState:
@@ -76,7 +69,7 @@ class NodeState:
         """`n07/smoke`: the name the frame carries, else the one from the hello."""
         if index == np.NODE_SENSOR:
             return self.label
-        if name and _SAFE_NAME.match(name):
+        if name and is_short_name(name):
             return f"{self.label}/{name}"
         if index < len(self.sensors):
             return f"{self.label}/{self.sensors[index][1]}"

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING
 import serial
 
 from edge.pipeline import Context, Pipeline
+from sensor_drivers.config import BY_ID_DIR, resolve
 
 if TYPE_CHECKING:
     from sensor_drivers.config import PortSettings
     from sensor_drivers.readings import ReadingGate
-
-BY_ID_DIR = Path("/dev/serial/by-id")
-
 
 class PortError(Exception):
     """The port cannot be used now; the message says why and what to do.
@@ -39,13 +37,6 @@ class PortLost(PortError):
 
     def __init__(self, message: str, reason: str = "lost") -> None:
         super().__init__(message, reason)
-
-
-def resolve(path: str, by_id_dir: Path = BY_ID_DIR) -> Path:
-    """A device path as given, or a bare name looked up in /dev/serial/by-id."""
-    if "/" in path:
-        return Path(path)
-    return by_id_dir / path
 
 
 def describe_missing(path: str, by_id_dir: Path = BY_ID_DIR) -> str:

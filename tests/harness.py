@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.events import DecodeError, Event, decode
+from protocol.events import DecodeError, Event, decode
 from tests.conftest import GATEWAY_PASSWORD, GATEWAY_USER, WATCHER_PASSWORD, WATCHER_USER
 
 REPO = Path(__file__).resolve().parent.parent

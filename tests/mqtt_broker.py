@@ -1,5 +1,5 @@
 """Tests use the same private-Mosquitto launcher as `wardgate demo` (edge/devbroker.py)."""
 
-from edge.devbroker import MosquittoBroker, free_port, wait_for_port
+from devtools.devbroker import MosquittoBroker, free_port, wait_for_port
 
 __all__ = ["MosquittoBroker", "free_port", "wait_for_port"]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.unix_node import UnixNode
 from edge import config, runtime
 from edge.pipeline import NotAccepted, Pipeline
 from edge.runtime import Gateway
-from firmware.unix_node import UnixNode
 from tests.harness import (
     GatewayProcess,
     SteppedClock,

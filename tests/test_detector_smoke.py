@@ -12,13 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from devtools.train_smoke import TrainingError, find_examples
 from edge.vision.detector import ModelError
-from edge.vision.smoke_classifier import (
-    SmokeClassifier,
-    TrainingError,
-    find_examples,
-    tiles,
-)
+from edge.vision.smoke_classifier import SmokeClassifier, tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"

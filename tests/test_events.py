@@ -5,7 +5,7 @@ import sys
 import cbor2
 import pytest
 
-from edge.events import DecodeError, Event, Kind, Lane, Severity, decode
+from protocol.events import DecodeError, Event, Kind, Lane, Severity, decode
 
 
 def fire_alarm(**kw):
@@ -75,7 +75,7 @@ def test_decode_command_prints_json(tmp_path):
 
 
 def test_decode_any_turns_bytes_in_data_into_hex():
-    from edge.events import decode_any
+    from protocol.events import decode_any
 
     ref = fire_alarm().id
     person = Event(Kind.PERSON, "cam/gate", {"ev": "end", "ref": ref}, gateway="gw")

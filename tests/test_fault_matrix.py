@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.topics import GatewayTopics
+from protocol.topics import GatewayTopics
 from tests.conftest import GATEWAY_USER
 from tests.faultproxy import FaultProxy
 from tests.harness import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
+from devtools.unix_node import UnixNode
 from edge import config
 from edge.runtime import Gateway
-from firmware.unix_node import UnixNode
 from tests.harness import Watcher, gateway_config_text, write_config
 from tests.test_receiver import ReceiverProcess, is_alarm
 from tests.test_serial_nodes import NODE

@@ -12,18 +12,18 @@ import tty
 
 import pytest
 
-from edge.cli import main as wardgate
-from firmware import build as fw_build
-from firmware.node import config as node_config
-from firmware.node import sensors
-from firmware.unix_node import (
+from devtools.unix_node import (
     FIRMWARE_DIR,
     PROTOCOL_DIR,
     TICKS_PERIOD,
     UnixNode,
     micropython_binary,
 )
-from sensor_drivers import node_protocol as np
+from edge.cli import main as wardgate
+from firmware import build as fw_build
+from firmware.node import config as node_config
+from firmware.node import sensors
+from protocol import node_protocol as np
 from tests.test_serial_nodes import NODE, Running, events, serial_ctx, wait
 
 
@@ -273,7 +273,8 @@ def test_build_writes_a_reproducible_bundle_with_a_manifest(bundle, tmp_path):
     assert set(manifest["files"]) == {
         "main.py",
         "node_protocol.mpy",
-        *(f"node/{n}.mpy" for n in ("__init__", "app", "config", "sensors", "board", "hal_unix")),
+        "names.mpy",
+        *(f"node/{n}.mpy" for n in ("__init__", "app", "config", "sensors", "board")),
     }
     assert json.loads((out / "manifest.json").read_text()) == manifest
     again = fw_build.build(tmp_path / "again")

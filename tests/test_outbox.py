@@ -2,8 +2,8 @@ import sqlite3
 
 import pytest
 
-from edge.events import Event, Kind, Lane, decode
 from edge.uplink.outbox import Outbox, OutboxError, expired, remaining_expiry_s
+from protocol.events import Event, Kind, Lane, decode
 from tests.test_outbox_disk import fill, mount_tmpfs
 
 

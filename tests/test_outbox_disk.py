@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.events import Event, Kind, Lane, decode
 from edge.uplink.outbox import Outbox, OutboxError
+from protocol.events import Event, Kind, Lane, decode
 from tests.harness import (
     REPO,
     GatewayProcess,
@@ -277,7 +277,7 @@ def test_gateway_on_full_tmpfs_delivers_every_alarm_across_sigterm(
 HOLDER = textwrap.dedent(
     """
     import json, sys
-    from edge.events import Event, Kind, Lane
+    from protocol.events import Event, Kind, Lane
     from edge.uplink.outbox import Outbox, expired, remaining_expiry_s
     path = sys.argv[1]
     box = Outbox(path, fsync="normal")
@@ -290,7 +290,7 @@ HOLDER = textwrap.dedent(
             box = Outbox(path, fsync="normal")
         out = {}
         for row in box.pending(Lane.BULK, 0, 100):
-            from edge.events import decode
+            from protocol.events import decode
             out[decode(row.payload).source] = [expired(row), remaining_expiry_s(row)]
         print(json.dumps(out), flush=True)
     """

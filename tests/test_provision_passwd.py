@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edge.devbroker import MOSQUITTO_PASSWD
+from devtools.devbroker import MOSQUITTO_PASSWD
 from provisioning.passwd import check_password, hash_password, parse_file, render_file
 from tests.mqtt_broker import MosquittoBroker
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from devtools.devbroker import start_local_broker
 from provisioning import pki
-from provisioning.broker import start_local_broker
 from provisioning.enroll import Enroller
 from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file
 from provisioning.inventory import load

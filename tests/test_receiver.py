@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge import config
-from edge.events import Event, Kind
 from edge.runtime import Gateway
+from protocol.events import Event, Kind
 from tests.conftest import WATCHER_PASSWORD, WATCHER_USER
 from tests.harness import REPO, Watcher, gateway_config_text, write_config
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.unix_node import UnixNode
-from sensor_drivers import node_protocol as np
+from devtools.unix_node import UnixNode
+from protocol import node_protocol as np
 from sensor_drivers.port import PortError, SerialPort
 from tests.serial_support import Running, events, port_ctx, wait
 from tests.vision_context import RecordingContext

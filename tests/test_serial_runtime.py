@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from firmware.unix_node import UnixNode
+from devtools.unix_node import UnixNode
 from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
 from tests.test_serial_nodes import NODE
 

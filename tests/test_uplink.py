@@ -13,9 +13,9 @@ import time
 import pytest
 
 from edge import config
-from edge.events import Event, Kind
 from edge.pipeline import Pipeline
 from edge.runtime import Gateway
+from protocol.events import Event, Kind
 from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
 from tests.mqtt_broker import MosquittoBroker
 from tests.pki import TestPKI

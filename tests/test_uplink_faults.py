@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 
 from edge import config
-from edge.events import Event, Kind
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox
+from protocol.events import Event, Kind
 from tests.conftest import GATEWAY_PASSWORD, GATEWAY_USER, TEST_ACL, WATCHER_PASSWORD, WATCHER_USER
 from tests.faultproxy import FaultProxy
 from tests.harness import Watcher, gateway_config_text, write_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.topics import GatewayTopics
+from protocol.topics import GatewayTopics
 from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
 from tests.vision_context import DATA
 

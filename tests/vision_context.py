@@ -1,6 +1,6 @@
 """A real, in-memory `edge.pipeline.Context` for camera-pipeline tests.
 
-It builds real `edge.events.Event`s (and encodes each to CBOR, as the uplink would) and keeps
+It builds real `protocol.events.Event`s (and encodes each to CBOR, as the uplink would) and keeps
 them, with the snapshots, for the test to inspect. The full runtime (outbox + MQTT) is tested
 with the camera pipeline in test_vision_gateway.py.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config, from_dict
-from edge.events import Event, Kind, Severity
+from protocol.events import Event, Kind, Severity
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -33,8 +33,6 @@ from paho.mqtt.properties import Properties
 
 from edge.clock import mono_s
 from edge.config import UplinkSection, read_password
-from edge.events import Event, Lane, now_ms
-from edge.topics import GatewayTopics
 from edge.uplink.outbox import (
     Outbox,
     OutboxError,
@@ -43,6 +41,8 @@ from edge.uplink.outbox import (
     expired,
     remaining_expiry_s,
 )
+from protocol.events import Event, Lane, now_ms
+from protocol.topics import GatewayTopics
 
 log = logging.getLogger("wardgate.uplink")
 

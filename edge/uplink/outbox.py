@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edge.clock import boot_id, mono_ms
-from edge.events import Event, Lane, now_ms
+from protocol.events import Event, Lane, now_ms
 
 log = logging.getLogger("wardgate.outbox")
 

@@ -1,4 +1,4 @@
-"""`wardgate detect` (run a detector on images and video files) and `wardgate train-smoke`.
+"""`wardgate detect`: run a detector on images and video files.
 
 Cheap to import: OpenCV, numpy and the TFLite runtime load inside the handlers.
 """
@@ -40,27 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--every", type=int, default=1, metavar="N", help="analyse every Nth frame of a video"
     )
     p.set_defaults(func=detect_command)
-
-    t = sub.add_parser(
-        "train-smoke",
-        help="train an int8 TFLite smoke classifier from a folder of labelled images",
-        description=(
-            "Train the smoke classifier slot's model (needs TensorFlow: pip install -r "
-            "tools/models/requirements.txt). DATASET_DIR holds either class folders smoke/ and "
-            "none/ (or no_smoke/), or a YOLO-style detection set (images/ + labels/, e.g. "
-            "D-Fire): an image with a box of --smoke-class is smoke, one without is not. Writes "
-            "the model and a model card (same name, .md) next to it."
-        ),
-    )
-    t.add_argument("dataset", type=Path, metavar="DATASET_DIR")
-    t.add_argument("--out", type=Path, required=True, help="output .tflite file")
-    t.add_argument("--epochs", type=int, default=12)
-    t.add_argument("--image-size", type=int, default=96, help="square input size in pixels")
-    t.add_argument("--val-split", type=float, default=0.2, help="share held out for validation")
-    t.add_argument("--smoke-class", type=int, default=0, help="smoke class id in YOLO labels")
-    t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--note", default="", help="text added to the model card (data, caveats)")
-    t.set_defaults(func=train_smoke_command)
 
 
 def _error(message: str) -> None:
@@ -144,24 +123,3 @@ def detect_command(args) -> int:
             _error(str(exc))
             failed += 1
     return EXIT_BAD_INPUT if failed else 0
-
-
-def train_smoke_command(args) -> int:
-    from edge.vision.smoke_classifier import TrainingError, train
-
-    try:
-        card = train(
-            args.dataset,
-            args.out,
-            epochs=args.epochs,
-            image_size=args.image_size,
-            val_split=args.val_split,
-            smoke_class=args.smoke_class,
-            seed=args.seed,
-            note=args.note,
-        )
-    except TrainingError as exc:
-        print(f"wardgate train-smoke: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"wrote {args.out} and {card}")
-    return 0

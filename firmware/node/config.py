@@ -6,6 +6,11 @@ sending heartbeats, so a technician sees the problem at the gateway instead of a
 
 import json
 
+try:  # CPython: wardgate's protocol package (build checks, tests, devtools.unix_node)
+    from protocol.names import is_short_name
+except ImportError:  # MicroPython: names.mpy at the root of the bundle, next to node_protocol
+    from names import is_short_name
+
 DEFAULTS = {
     "node": 1,
     "heartbeat_s": 5,
@@ -59,15 +64,6 @@ class ConfigError(ValueError):
     pass
 
 
-def _name_ok(name):
-    if not 1 <= len(name) <= 12 or not name[0].isalpha() and not name[0].isdigit():
-        return False
-    for ch in name:
-        if not (ch.isalpha() or ch.isdigit() or ch in "_-") or ord(ch) > 127:
-            return False
-    return True
-
-
 def _merge(defaults, given, where):
     out = {}
     for key in defaults:
@@ -115,7 +111,7 @@ def check(given):
         sensor = _merge(SENSOR_DEFAULTS[kind], given_sensor, where)
         sensor["kind"] = kind
         sensor["name"] = str(given_sensor.get("name", kind))
-        if not _name_ok(sensor["name"]):
+        if not is_short_name(sensor["name"]):
             raise ConfigError(
                 where + ".name: 1 to 12 letters, digits, '_' or '-' (it becomes the event source)"
             )

@@ -10,7 +10,7 @@ import sys
 try:
     import node_protocol as np
 except ImportError:
-    from sensor_drivers import node_protocol as np
+    from protocol import node_protocol as np
 
 try:
     from binascii import hexlify, unhexlify

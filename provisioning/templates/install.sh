@@ -69,7 +69,8 @@ if compgen -G "$WHEELS/wardgate-*.whl" > /dev/null; then
     if [ ! -x "$WARDGATE_VENV/bin/python" ]; then
         python3 -m venv "$WARDGATE_VENV" || fail "python3 -m venv failed (install python3-venv)"
     fi
-    "$WARDGATE_VENV/bin/pip" install --no-index --find-links "$WHEELS" --upgrade wardgate \
+    # the gateway role: the base install only decodes events (docs/provisioning.md, 'Wheelhouse')
+    "$WARDGATE_VENV/bin/pip" install --no-index --find-links "$WHEELS" --upgrade 'wardgate[gateway]' \
         || fail "pip could not install wardgate from $WHEELS: are the wheels built for this" \
             "board's Python and CPU (aarch64)? See docs/provisioning.md, 'Wheelhouse'."
 elif [ ! -x "$WARDGATE_VENV/bin/wardgate" ]; then

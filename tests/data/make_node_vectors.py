@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sensor_drivers import node_protocol as np
+from protocol import node_protocol as np
 
 OUT = Path(__file__).with_name("node_vectors.json")
 

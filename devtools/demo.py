@@ -33,8 +33,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge import config as config_mod
-from edge.events import decode_any
-from edge.topics import parse
+from protocol.events import decode_any
+from protocol.topics import parse
 
 DEMO_GATEWAY = "demo-gw-01"
 DEMO_DISTRICT = "demo"
@@ -56,7 +56,7 @@ def say(message: str) -> None:
 def preflight(without: frozenset[str] = frozenset()) -> list[str]:
     """Each promised part that cannot run here, as "part: what is missing; how to get it"."""
     problems = []
-    from edge.devbroker import MOSQUITTO
+    from devtools.devbroker import MOSQUITTO
 
     if not os.access(MOSQUITTO, os.X_OK):
         problems.append(
@@ -79,7 +79,7 @@ def preflight(without: frozenset[str] = frozenset()) -> list[str]:
                 )
                 problems.append(f"camera: Python module {module} is missing; {how}")
     if "node" not in without:
-        from firmware.unix_node import micropython_binary
+        from devtools.unix_node import micropython_binary
 
         try:
             micropython_binary()
@@ -255,9 +255,9 @@ def run_demo(
         left_out = f" (left out: {', '.join(sorted(without))})" if without else ""
         print(f"wardgate demo: every part is here{left_out}")
         return 0
-    from edge.receiver import AlarmReceiver, ReceiverOptions
+    from central.receiver import AlarmReceiver, ReceiverOptions
+    from devtools.devbroker import start_local_broker
     from edge.runtime import Gateway
-    from provisioning.broker import start_local_broker
 
     tmp = None
     if workdir is None:
@@ -374,7 +374,7 @@ class _DemoScript:
 
 def start_demo_node(workdir: Path):
     """The real node firmware under the MicroPython unix port, on a pty as on a USB adapter."""
-    from firmware.unix_node import UnixNode
+    from devtools.unix_node import UnixNode
 
     node = UnixNode(DEMO_NODE, link=workdir / "by-id" / "usb-wardgate-node01", workdir=workdir)
     try:

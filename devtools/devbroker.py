@@ -13,6 +13,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provisioning.fleet import FleetDir
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -167,3 +171,29 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_local_broker(fleet: FleetDir, workdir: Path) -> MosquittoBroker:
+    """The fleet's own mosquitto.conf, password file, ACL, certificates and CRL, loaded into a
+    private Mosquitto on free loopback ports (for the demo and the tests). The ports are set as
+    `cert_port` and `password_port` on the returned broker; `stop()` it when done."""
+    from provisioning.broker import render_mosquitto_conf
+
+    cert_port, password_port = free_port(), free_port()
+    conf = render_mosquitto_conf(
+        fleet.settings(),
+        files_dir=str(fleet.broker_dir),
+        bind="127.0.0.1",
+        cert_port=cert_port,
+        password_port=password_port,
+    )
+    broker = MosquittoBroker(workdir, extra_conf=conf, plain_listener=False)
+    broker.start()
+    try:
+        for port in (cert_port, password_port):
+            wait_for_port(port, 10)
+    except TimeoutError:
+        broker.stop()
+        raise RuntimeError(f"mosquitto did not start:\n{broker.log()}") from None
+    broker.cert_port, broker.password_port = cert_port, password_port
+    return broker

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from edge.events import Kind
+from protocol.events import Kind
 
 DEFAULT_PREFIX = "wg/v1"
 

@@ -26,8 +26,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.events import DecodeError, Event, Kind, decode, now_ms
-from edge.topics import DEFAULT_PREFIX, parse
+from protocol.events import DecodeError, Event, Kind, decode, now_ms
+from protocol.topics import DEFAULT_PREFIX, parse
 
 log = logging.getLogger("wardgate.receiver")
 

@@ -25,11 +25,14 @@ import tty
 from pathlib import Path
 from typing import Any
 
+import firmware
+import protocol
+from firmware.build import UNIX_HAL
 from firmware.node import config as node_config
 from firmware.node import sensors as node_sensors
 
-FIRMWARE_DIR = Path(__file__).resolve().parent
-PROTOCOL_DIR = FIRMWARE_DIR.parent / "sensor_drivers"
+FIRMWARE_DIR = Path(firmware.__file__).resolve().parent
+PROTOCOL_DIR = Path(protocol.__file__).resolve().parent
 
 TICKS_PERIOD = 1 << 30  # the node's ticks_ms wraps here, as on a 32-bit board (hal_unix.py)
 TICKS_START_ENV = "WARDGATE_NODE_TICKS_START"
@@ -69,7 +72,8 @@ class UnixNode:
         workdir: Path | str | None = None,
         ticks_start: int | None = None,
     ) -> None:
-        """`bundle`: run a built firmware bundle (wardgate firmware build) instead of the source.
+        """`bundle`: run a built firmware bundle (wardgate firmware build) instead of the source;
+        a copy of it in `workdir`, with the unix-port HAL (not in board bundles) added.
 
         `ticks_start` (tests): the node's 30-bit `ticks_ms` counter starts there, e.g. just before
         its wrap at 2**30 (hal_unix.py), instead of at the unix port's own clock.
@@ -180,7 +184,7 @@ class UnixNode:
         args = self.command() + ["--uart", f"fd:{master}", "--config", str(cfg_path)]
         for pin, value in self.inputs.items():
             args += ["--set", f"{pin}={value!r}"]
-        path = str(self.bundle) if self.bundle else f"{FIRMWARE_DIR}:{PROTOCOL_DIR}"
+        path = str(self._unix_bundle()) if self.bundle else f"{FIRMWARE_DIR}:{PROTOCOL_DIR}"
         env = dict(os.environ, MICROPYPATH=path)
         env.pop(TICKS_START_ENV, None)
         if self.ticks_start is not None:
@@ -208,6 +212,15 @@ class UnixNode:
             tmp.symlink_to(self.port)
             tmp.replace(self.link)
         return self
+
+    def _unix_bundle(self) -> Path:
+        """The bundle as a board gets it, plus node/hal_unix.py from the source tree."""
+        assert self.bundle is not None
+        copy = self.workdir / "bundle"
+        if not copy.exists():
+            shutil.copytree(self.bundle, copy)
+            shutil.copyfile(UNIX_HAL, copy / "node" / UNIX_HAL.name)
+        return copy
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
