@@ -9,15 +9,27 @@ valid float (`heartbeat_s = 30`), and a path is written as a string. Floats must
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from edge.topics import check_segment
 
+#: what `cmd/reload` does with a changed value: apply it to the running gateway, or refuse it
+#: (keep the running value, list it in `restart_required_for`) until the service restarts
+Reload = Literal["live", "restart"]
+
 
 class Section(BaseModel):
-    """A config table. Unknown keys are rejected so that a typo never silently does nothing."""
+    """A config table. Unknown keys are rejected so that a typo never silently does nothing.
+
+    `on_reload` is the section's reload metadata (docs/config.md, "Reloading", is generated
+    from it); a field overrides it with `Field(..., json_schema_extra={"on_reload": ...})`.
+    `reload_note` says how a live change is applied.
+    """
+
+    on_reload: ClassVar[Reload] = "live"
+    reload_note: ClassVar[str] = "applied: the affected pipelines restart with the new settings"
 
     model_config = ConfigDict(
         extra="forbid",
@@ -65,3 +77,11 @@ def _list_to_tuple(value: Any) -> Any:
 
 #: [x, y] in TOML, a tuple in Python; the items stay strictly typed.
 Pair = BeforeValidator(_list_to_tuple)
+
+
+def field_reload(model: type[Section], name: str) -> Reload:
+    """A field's reload metadata: its own `on_reload`, else its section's."""
+    extra = model.model_fields[name].json_schema_extra
+    if isinstance(extra, dict) and extra.get("on_reload") in ("live", "restart"):
+        return extra["on_reload"]  # type: ignore[return-value]
+    return model.on_reload
