@@ -358,7 +358,7 @@ def check(path: Path | str, *, files: bool = True) -> Checked:
             file_errors, file_warnings = file_problems(read.data, path, origins=read.origins)
             problems += file_errors
             warnings += file_warnings
-    order = {file: i for i, file in enumerate([str(path), *read.files])}
+    order = {str(file): i for i, file in enumerate([path, *drop_ins(path)[0]])}
     problems.sort(key=lambda problem: _place_of(problem, order))
     return Checked(None if problems else cfg, problems, warnings, read.layers, read.origins)
 
