@@ -11,15 +11,28 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from edge.layering import Origins
 from protocol.topics import check_segment
+
+#: what `cmd/reload` does with a changed value: apply it to the running gateway, or refuse it
+#: (keep the running value, list it in `restart_required_for`) until the service restarts
+Reload = Literal["live", "restart"]
 
 
 class Section(BaseModel):
-    """A config table. Unknown keys are rejected so that a typo never silently does nothing."""
+    """A config table. Unknown keys are rejected so that a typo never silently does nothing.
+
+    `on_reload` is the section's reload metadata (docs/config.md, "Reloading", is generated
+    from it); a field overrides it with `Field(..., json_schema_extra={"on_reload": ...})`.
+    `reload_note` says how a live change is applied.
+    """
+
+    on_reload: ClassVar[Reload] = "live"
+    reload_note: ClassVar[str] = "applied: the affected pipelines restart with the new settings"
 
     model_config = ConfigDict(
         extra="forbid",
@@ -114,28 +127,53 @@ BOM = "\ufeff"
 _TOO_DEEP = f"arrays or tables nested more than {MAX_DEPTH} levels deep: not a wardgate config"
 
 
-def validate_model(model: type[M], data: dict[str, Any], path: Path | str, text: str = "") -> M:
-    """Validate; on failure a ConfigError with every problem as `file:line: key: reason`."""
-    text = text.removeprefix(BOM)
+def validate_model(
+    model: type[M],
+    data: dict[str, Any],
+    path: Path | str,
+    text: str = "",
+    *,
+    origins: Origins | None = None,
+) -> M:
+    """Validate; on failure a ConfigError with every problem as `file:line: key: reason`.
+
+    The file and line are those of the layer whose value won (`origins`, from a merge of
+    several files, edge/layering.py); without `origins`, lines are looked up in `text`, the one
+    file at `path`."""
+    if origins is None:
+        origins = _origins_of(text, path)
     deep = _too_deep(data)
     if deep is not None:
-        line = _KeyLines(text).find(deep)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(path, [f"{where}: {_dotted(deep[:6])}: {_TOO_DEEP}"])
+        raise ConfigError(
+            path, [f"{_where(origins, deep, path)}: {_dotted(deep[:6])}: {_TOO_DEEP}"]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = _KeyLines(text)
         problems = []
         for err in exc.errors(include_url=False):
             loc = [p for p in err["loc"] if not _is_union_tag(p)]
             key = _dotted(loc)
-            line = lines.find(loc)
-            where = f"{path}:{line}" if line else str(path)
+            where = _where(origins, loc, path)
             problems.append(f"{where}: {key or '(top level)'}: {_explain(err)}")
         raise ConfigError(path, problems) from None
     except RecursionError:  # _too_deep keeps this away; never a 3,000-line traceback
         raise ConfigError(path, [f"{path}: {_TOO_DEEP}"]) from None
+
+
+def _origins_of(text: str, path: Path | str) -> Origins:
+    """The one file at `path` as Origins: each key path of `text` with its line."""
+    origins = Origins()
+    file = str(path)
+    for key, line in _KeyLines(text.removeprefix(BOM)).where.items():
+        origins.at[key] = (file, line)
+    return origins
+
+
+def _where(origins: Origins, loc: list[Any], path: Path | str) -> str:
+    """`file:line` of the layer that set `loc` (or its nearest table); else the main file."""
+    found = origins.find(loc)
+    return f"{found[0]}:{found[1]}" if found else str(path)
 
 
 def _too_deep(data: Any) -> list[Any] | None:
@@ -284,3 +322,11 @@ class _KeyLines:
 
 def _split_key(key: str) -> list[str]:
     return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def field_reload(model: type[Section], name: str) -> Reload:
+    """A field's reload metadata: its own `on_reload`, else its section's."""
+    extra = model.model_fields[name].json_schema_extra
+    if isinstance(extra, dict) and extra.get("on_reload") in ("live", "restart"):
+        return extra["on_reload"]  # type: ignore[return-value]
+    return model.on_reload

@@ -8,15 +8,18 @@ file:line errors is edge/confbase.py's (ConfigError, parse_model), shared with t
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edge.confbase import (
+    _TOO_DEEP,
     BOM,
     MAX_BYTES,
     AbsPath,
@@ -24,14 +27,24 @@ from edge.confbase import (
     Section,
     TopicSegment,
     _clip,
+    _dotted,
     _KeyLines,
+    _origins_of,
     _toml,
-    parse_model,
+    _too_deep,
+    _where,
+    field_reload,
     validate_model,
 )
+from edge.layering import CURRENT_VERSION, Layer, Origins, VersionError, migrate
 from edge.vision.config import VisionConfig
 from protocol.topics import DEFAULT_PREFIX, GatewayTopics
 from sensor_drivers.config import SerialConfig
+
+#: drop-ins next to the main file (`/etc/wardgate/conf.d/*.toml`), merged over it by name order
+DROP_IN_DIR = "conf.d"
+
+log = logging.getLogger("wardgate.config")
 
 #: MQTT v5 four-byte intervals (session expiry, message expiry): 0xFFFFFFFF at most.
 U32 = 0xFFFF_FFFF
@@ -41,6 +54,9 @@ MAX_ACK_S = 3600.0
 
 
 class GatewaySection(Section):
+    on_reload: ClassVar = "restart"
+    reload_note: ClassVar[str] = "the gateway's identity and topics"
+
     id: TopicSegment
     district: TopicSegment
     ward: TopicSegment
@@ -48,6 +64,8 @@ class GatewaySection(Section):
 
 
 class TLSSection(Section):
+    on_reload: ClassVar = "restart"
+
     ca: AbsPath = Field(description="CA certificate (PEM) that signed the broker's certificate")
     cert: AbsPath | None = Field(None, description="client certificate (PEM)")
     key: AbsPath | None = Field(None, description="client private key (PEM), mode 0600")
@@ -63,6 +81,9 @@ class TLSSection(Section):
 
 
 class UplinkSection(Section):
+    on_reload: ClassVar = "restart"
+    reload_note: ClassVar[str] = "the broker connection"
+
     host: str = Field("localhost", min_length=1, max_length=253)
     port: int = Field(1883, ge=1, le=65535)
     tls: TLSSection | None = None
@@ -101,6 +122,9 @@ class UplinkSection(Section):
 
 
 class OutboxSection(Section):
+    on_reload: ClassVar = "restart"
+    reload_note: ClassVar[str] = "the open outbox database"
+
     path: AbsPath = Path("/var/lib/wardgate/outbox.sqlite3")
     max_events: int = Field(1_000_000, ge=10, le=100_000_000)  # a day offline at ~10 ev/s
     fsync: Literal["critical", "full", "normal"] = Field(
@@ -140,7 +164,15 @@ class TestSourceSection(Section):
 class AlarmAckSection(Section):
     """EN 54-21 style supervision of the path to the receiving centre."""
 
-    enabled: bool = True
+    reload_note: ClassVar[str] = (
+        "applied to the running supervisor (pending alarms keep their deadlines)"
+    )
+
+    enabled: bool = Field(
+        True,
+        json_schema_extra={"on_reload": "restart"},
+        description="the supervisor runs from the start or not at all",
+    )
     allow_over_100_s: bool = Field(
         False, description="let timeout_s exceed EN 54-21's 100 s (up to 3600 s); off: refused"
     )
@@ -166,10 +198,18 @@ class AlarmAckSection(Section):
 
 
 class LoggingSection(Section):
+    reload_note: ClassVar[str] = "applied: the log level"
+
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Config(Section):
+    config_version: int = Field(
+        CURRENT_VERSION,
+        ge=CURRENT_VERSION,
+        le=CURRENT_VERSION,
+        description="format of the file; older files are migrated in memory (docs/config.md)",
+    )
     gateway: GatewaySection
     uplink: UplinkSection = UplinkSection()
     outbox: OutboxSection = OutboxSection()
@@ -193,37 +233,131 @@ class Checked:
     config: Config | None
     problems: list[str]
     warnings: list[str]
+    #: the merged layers and where each value came from (`check-config --show`)
+    layers: list[Layer] = dataclasses.field(default_factory=list)
+    origins: Origins | None = None
+
+
+@dataclasses.dataclass
+class Layers:
+    """The files of one config, read, migrated and merged (docs/config.md, "Layers")."""
+
+    path: Path
+    layers: list[Layer]
+    data: dict[str, Any]
+    origins: Origins
+    problems: list[str]
+    warnings: list[str]
+
+    @property
+    def files(self) -> list[str]:
+        return [layer.file for layer in self.layers]
+
+
+def drop_in_dir(path: Path | str) -> Path:
+    """`conf.d/` next to the main file: /etc/wardgate/config.toml -> /etc/wardgate/conf.d."""
+    return Path(path).parent / DROP_IN_DIR
+
+
+def drop_ins(path: Path | str) -> tuple[list[Path], list[str]]:
+    """The drop-in files of the config at `path`, in merge order, and problems finding them.
+
+    `*.toml` files only, sorted by name; names starting with `.` (an editor's or the
+    commissioning page's temporary files) are skipped. No conf.d directory: no drop-ins."""
+    directory = drop_in_dir(path)
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except FileNotFoundError:
+        return [], []
+    except NotADirectoryError:
+        return [], [f"{directory}: is not a directory (drop-ins go into {directory}/*.toml)"]
+    except OSError as exc:
+        return [], [f"{directory}: cannot be read: {exc.strerror or exc}"]
+    files = [
+        Path(e.path)
+        for e in entries
+        if e.name.endswith(".toml") and not e.name.startswith(".") and not e.is_dir()
+    ]
+    return files, []
+
+
+def read_layers(path: Path | str, *, with_drop_ins: bool = True) -> Layers:
+    """The main file and its drop-ins, each read, parsed and migrated, then merged in order.
+
+    A file that cannot be read or parsed is left out of the merge and its problem kept, so that
+    every layer's problems are reported at once."""
+    path = Path(path)
+    files, problems = drop_ins(path) if with_drop_ins else ([], [])
+    layers: list[Layer] = []
+    warnings: list[str] = []
+    for file in [path, *files]:
+        try:
+            text = read_text(file)
+            layer = _layer(text, file)
+            warnings += migrate(layer)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        except VersionError as exc:
+            problems.append(str(exc))
+            continue
+        layers.append(layer)
+    data, origins = Origins.of(layers)
+    return Layers(path, layers, data, origins, problems, warnings)
+
+
+def _layer(text: str, file: Path | str) -> Layer:
+    data = _toml(text, file)
+    return _checked_layer(Layer(str(file), data, _KeyLines(text.removeprefix(BOM)).where))
+
+
+def _checked_layer(layer: Layer) -> Layer:
+    """ConfigError for a table nested too deep (before a merge or copy recurses into it)."""
+    deep = _too_deep(layer.data)
+    if deep is not None:
+        raise ConfigError(
+            layer.file, [f"{layer.where(tuple(deep))}: {_dotted(deep[:6])}: {_TOO_DEEP}"]
+        )
+    return layer
 
 
 def load(path: Path | str) -> Config:
-    """The config at `path`, or a ConfigError with every problem (file checks: `check`)."""
-    return parse(read_text(path), path)
+    """The config at `path` with its conf.d drop-ins, or a ConfigError with every problem.
+
+    Migration warnings are logged; `check` returns them (file checks: `check`)."""
+    read = read_layers(path)
+    if read.problems:
+        raise ConfigError(path, read.problems)
+    for warning in read.warnings:
+        log.warning("%s", warning)
+    return validate_model(Config, read.data, path, origins=read.origins)
 
 
 def check(path: Path | str, *, files: bool = True) -> Checked:
-    """Everything `wardgate check-config` checks, all problems at once, in file order.
+    """Everything `wardgate check-config` checks, all problems of every layer at once, in file
+    and line order.
 
     files: also check the files the config names (password_file, TLS CA/cert/key) as the user
     running this would open them: they exist, are regular files, readable, and secrets are not
     readable by group or others (a warning). Off for a config checked away from its gateway.
     """
-    try:
-        text = read_text(path)
-        data = _toml(text, path)
-    except ConfigError as exc:
-        return Checked(None, exc.problems, [])
+    read = read_layers(path)
+    problems = list(read.problems)
+    warnings = list(read.warnings)
     cfg: Config | None = None
-    problems: list[str] = []
-    warnings: list[str] = []
-    try:
-        cfg = validate_model(Config, data, path, text)
-    except ConfigError as exc:
-        problems += exc.problems
-    if files:
-        file_errors, warnings = file_problems(data, path, text)
-        problems += file_errors
-    problems.sort(key=_line_of)
-    return Checked(None if problems else cfg, problems, warnings)
+    main_ok = bool(read.layers) and read.layers[0].file == str(Path(path))
+    if main_ok:
+        try:
+            cfg = validate_model(Config, read.data, path, origins=read.origins)
+        except ConfigError as exc:
+            problems += exc.problems
+        if files:
+            file_errors, file_warnings = file_problems(read.data, path, origins=read.origins)
+            problems += file_errors
+            warnings += file_warnings
+    order = {str(file): i for i, file in enumerate([path, *drop_ins(path)[0]])}
+    problems.sort(key=lambda problem: _place_of(problem, order))
+    return Checked(None if problems else cfg, problems, warnings, read.layers, read.origins)
 
 
 def read_text(path: Path | str) -> str:
@@ -257,16 +391,41 @@ def read_text(path: Path | str) -> str:
 
 
 def parse(text: str, path: Path | str = "<config>") -> Config:
-    return parse_model(Config, text, path)
+    """One file's text (no drop-ins), migrated to the current version."""
+    return _single(_layer(text, path), path)
 
 
 def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> Config:
-    return validate_model(Config, data, path, text)
+    """A config table (as written to `text`, for lines), migrated to the current version."""
+    import copy
+
+    lines = _KeyLines(text.removeprefix(BOM)).where
+    _checked_layer(Layer(str(path), data, lines))
+    return _single(Layer(str(path), copy.deepcopy(data), lines), path)
+
+
+def _single(layer: Layer, path: Path | str) -> Config:
+    try:
+        notes = migrate(layer)
+    except VersionError as exc:
+        raise ConfigError(path, [str(exc)]) from None
+    for note in notes:
+        log.warning("%s", note)
+    _, origins = Origins.of([layer])
+    return validate_model(Config, layer.data, path, origins=origins)
 
 
 def _line_of(problem: str) -> int:
     match = re.match(r"^.*?:(\d+): ", problem)
     return int(match.group(1)) if match else 0
+
+
+def _place_of(problem: str, order: dict[str, int]) -> tuple[int, int]:
+    """Sort key of a problem: its file's place among the layers, then its line."""
+    for file, index in sorted(order.items(), key=lambda item: -len(item[0])):
+        if problem.startswith(file + ":") or problem == file:
+            return index, _line_of(problem[len(file) :])
+    return 0, _line_of(problem)
 
 
 # --- files the config names -----------------------------------------------------------------
@@ -282,11 +441,12 @@ NAMED_FILES: tuple[tuple[tuple[str, ...], bool], ...] = (
 
 
 def file_problems(
-    data: dict[str, Any], path: Path | str, text: str = ""
+    data: dict[str, Any], path: Path | str, text: str = "", *, origins: Origins | None = None
 ) -> tuple[list[str], list[str]]:
     """Problems (errors) and warnings about the files a config names, from the raw TOML data,
     so that they are reported together with every schema problem."""
-    lines = _KeyLines(text.removeprefix(BOM))
+    if origins is None:
+        origins = _origins_of(text, path)
     errors: list[str] = []
     warnings: list[str] = []
     for loc, secret in NAMED_FILES:
@@ -299,8 +459,7 @@ def file_problems(
         if not file.is_absolute():
             continue
         error, warning = _check_file(file, secret)
-        line = lines.find(list(loc))
-        where = f"{path}:{line}" if line else str(path)
+        where = _where(origins, list(loc), path)
         if error:
             errors.append(f"{where}: {'.'.join(loc)}: {error}")
         if warning:
@@ -349,3 +508,122 @@ def read_password(uplink: UplinkSection) -> str | None:
     if uplink.password_file is not None:
         return uplink.password_file.read_text(encoding="utf-8").strip()
     return uplink.password
+
+
+# --- reload metadata ------------------------------------------------------------------------
+
+
+def reload_plan(old: Config, new: Config) -> tuple[list[str], list[str], dict[str, Any]]:
+    """What a reload from `old` to `new` does, from each section's reload metadata.
+
+    Returns (applied sections, refused sections or `section.key`s, the values to keep: a
+    refused section whole, or a live section with its refused keys set back to `old`)."""
+    applied: list[str] = []
+    refused: list[str] = []
+    keep: dict[str, Any] = {}
+    for name in section_names():
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if type(after).on_reload == "restart":
+            refused.append(name)
+            keep[name] = before
+            continue
+        back = {
+            key: getattr(before, key)
+            for key in type(after).model_fields
+            if field_reload(type(after), key) == "restart"
+            and getattr(before, key) != getattr(after, key)
+        }
+        refused += [f"{name}.{key}" for key in back]
+        if back:
+            after = keep[name] = after.model_copy(update=back)
+        if after != before:
+            applied.append(name)
+    return applied, refused, keep
+
+
+def section_names() -> list[str]:
+    """The top-level sections of the config, in file order."""
+    return [
+        name
+        for name, field in Config.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+    ]
+
+
+def reload_table() -> str:
+    """docs/config.md's reload table, generated from the metadata (a test keeps them equal)."""
+    rows = ["| section or key | on `reload` |", "| --- | --- |"]
+    for name in section_names():
+        model = Config.model_fields[name].annotation
+        assert isinstance(model, type) and issubclass(model, Section)
+        if model.on_reload == "restart":
+            how = f"refused until a restart ({model.reload_note}): listed in `restart_required_for`"
+        else:
+            how = model.reload_note
+        rows.append(f"| `[{name}]` | {how} |")
+        for key in model.model_fields:
+            if field_reload(model, key) != model.on_reload:
+                verb = (
+                    "refused until a restart" if field_reload(model, key) == "restart" else "live"
+                )
+                rows.append(f"| `{name}.{key}` | {verb}: listed in `restart_required_for` |")
+    return "\n".join(rows) + "\n"
+
+
+# --- the effective config (`check-config --show`) -------------------------------------------
+
+#: keys whose values `--show` never prints
+SECRET_KEYS = frozenset({"password"})
+
+
+def effective_lines(cfg: Config, origins: Origins | None) -> list[str]:
+    """Every key of the merged, validated config, one a line, with the file:line that set it:
+    `vision.cameras[0].fps = 2.0    # conf.d/10-site.toml:4 (inherited from vision.fps)`, or
+    `# default`. Unset optional keys are left out; secrets are shown as `"***"`."""
+    out: list[str] = []
+    data = cfg.model_dump(mode="json")
+
+    def source(loc: tuple[Any, ...]) -> str:
+        found = origins.exact(loc) if origins is not None else None
+        if found:
+            return f"{found[0]}:{found[1]}"
+        if len(loc) > 3 and loc[:2] == ("vision", "cameras") and loc[3] in _inherited():
+            parent = ("vision", *loc[3:])
+            found = origins.exact(parent) if origins is not None else None
+            if found:
+                return f"{found[0]}:{found[1]} (inherited from {_dotted(list(parent))})"
+        return "default"
+
+    def walk(value: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*loc, key))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+        elif value is not None:
+            shown = '"***"' if loc[-1] in SECRET_KEYS else _toml_value(value)
+            out.append(f"{_dotted(list(loc))} = {shown}    # {source(loc)}")
+
+    walk(data, ())
+    return out
+
+
+def _inherited() -> tuple[str, ...]:
+    from edge.vision.config import INHERITED
+
+    return INHERITED
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)

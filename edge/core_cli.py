@@ -17,12 +17,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="validate a config file; exit 3 with each problem")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file and its conf.d drop-ins; exit 3 with each problem",
+    )
     p.add_argument("path", type=Path, nargs="?", default=DEFAULT_PATH)
     p.add_argument(
         "--no-files",
         action="store_true",
         help="do not check the files it names (password, TLS): for a config away from its gateway",
+    )
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="print the effective config (file + conf.d drop-ins + defaults), each key with "
+        "the file:line that set it",
     )
     p.set_defaults(func=cmd_check_config)
 
@@ -52,6 +61,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_CONFIG
     print(f"{args.path}: ok (gateway {cfg.gateway.id}, topics under {cfg.topics.base}/)")
+    drop_ins = [layer.file for layer in result.layers[1:]]
+    if drop_ins:
+        print(f"  merged with {len(drop_ins)} drop-in(s): {', '.join(drop_ins)}")
+    if args.show:
+        for line in config.effective_lines(cfg, result.origins):
+            print(line)
     return 0
 
 

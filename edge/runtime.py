@@ -52,8 +52,6 @@ COMMAND_QUEUE = 64
 MAX_RELOAD_WAITERS = 1024
 #: alarm acknowledgements waiting for their thread (each takes well under a millisecond)
 ACK_QUEUE = 10_000
-#: sections a running gateway cannot change: a reload refuses them and says so
-RESTART_SECTIONS = ("gateway", "uplink", "outbox")
 
 
 class _Limited:
@@ -535,10 +533,10 @@ class Gateway:
     def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         """Apply every section that can change at run time, refuse the others and say which.
 
-        Applied: health, test_source, logging, alarm_ack (timeout_s, output), vision, serial
-        (including edited Modbus profile files); pipelines restart only when something changed.
-        Refused until a restart: gateway, uplink, outbox, alarm_ack.enabled; they keep their
-        running values."""
+        The config file is re-read with its conf.d drop-ins. What applies live and what needs a
+        restart is each section's (and field's) reload metadata (edge/confbase.py `on_reload`;
+        the table in docs/config.md is generated from it). Pipelines restart only when something
+        changed (including edited Modbus profile files); refused values keep running."""
         if self.config_path is None:
             raise ValueError("this gateway runs on built-in defaults; there is no file to reload")
         with self._lock:
@@ -547,22 +545,10 @@ class Gateway:
             _forget_profiles()  # re-read profile files: an edited one is a change
             new = config_mod.load(self.config_path)  # ConfigError: answered, nothing changes
             profiles_after = _modbus_profiles(new)
-            changed = [
-                name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)
-            ]
-            if profiles_after != profiles_before and "serial" not in changed:
-                changed.append("serial")
-            refused = [s for s in changed if s in RESTART_SECTIONS]
-            keep: dict[str, Any] = {s: getattr(old, s) for s in refused}
-            if new.alarm_ack.enabled != old.alarm_ack.enabled:
-                refused.append("alarm_ack.enabled")
-                keep["alarm_ack"] = new.alarm_ack.model_copy(
-                    update={"enabled": old.alarm_ack.enabled}
-                )
-            applied = [s for s in changed if s not in RESTART_SECTIONS]
+            applied, refused, keep = config_mod.reload_plan(old, new)
+            if profiles_after != profiles_before and "serial" not in applied:
+                applied.append("serial")
             effective = new.model_copy(update=keep) if keep else new
-            if effective.alarm_ack == old.alarm_ack and "alarm_ack" in applied:
-                applied.remove("alarm_ack")  # only `enabled` changed, and that was refused
             out: dict[str, Any] = {"reloaded": str(self.config_path), "applied": applied}
             if refused:
                 out["restart_required_for"] = refused

@@ -7,7 +7,7 @@ an RS-485 bus with Modbus RTU detectors (several unit ids on one bus).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -154,6 +154,11 @@ class PortSettings(Section):
 
 
 class SerialConfig(Section):
+    reload_note: ClassVar[str] = (
+        "applied, and so are edited Modbus profile files: the affected pipelines restart with "
+        "the new settings"
+    )
+
     ports: list[PortSettings] = Field(default_factory=list)
     readings: ReadingSettings = ReadingSettings()
 

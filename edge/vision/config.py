@@ -6,9 +6,16 @@ the frame's width and height (0..1), so they survive a change of stream resoluti
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edge.confbase import AnyPath, Pair, Section, TopicSegment
 
@@ -164,11 +171,52 @@ class CameraConfig(Section):
         return "device" if self.device is not None else "file"
 
 
-class VisionConfig(Section):
+#: camera keys that `[vision]` may set for every camera (docs/vision.md, "Defaults for every
+#: camera"): a camera that does not set one inherits it; the tables inherit key by key. Not
+#: inherited: what is one camera's own (name, url/device/file, loop, realtime, enabled, masks,
+#: zones). `model` was inherited already (`[vision].model`; the pipeline resolves it).
+INHERITED = (
+    "fps",
+    "transport",
+    "probe_s",
+    "decode_threads",
+    "open_timeout_s",
+    "read_timeout_s",
+    "stall_timeout_s",
+    "reconnect_initial_s",
+    "reconnect_max_s",
+    "motion",
+    "person",
+    "smoke",
+    "snapshot",
+)
+#: the tables among them, inherited key by key
+INHERITED_TABLES = ("motion", "person", "smoke", "snapshot")
+
+_CameraDefaults = create_model(  # the same keys, types, ranges and defaults as on a camera
+    "CameraDefaults",
+    __base__=Section,
+    **{
+        name: (CameraConfig.model_fields[name].annotation, CameraConfig.model_fields[name])
+        for name in INHERITED
+    },  # type: ignore[call-overload]
+)
+
+
+class VisionConfig(_CameraDefaults):  # type: ignore[misc,valid-type]
     model: str = Field("default", description="detector profile (edge/models) for all cameras")
-    threads: int = Field(1, ge=1, le=16, description="detector (XNNPACK) threads")
+    detector_threads: int = Field(
+        1, ge=1, le=16, description="detector (XNNPACK) threads (`threads` in config_version 1)"
+    )
     delegate: str | None = Field(None, description="e.g. an EdgeTPU delegate library")
     cameras: list[CameraConfig] = Field(default_factory=list)
+
+    @field_validator("cameras")
+    @classmethod
+    def _inherit(cls, cameras: list[CameraConfig], info: ValidationInfo) -> list[CameraConfig]:
+        """Each camera takes `[vision]`'s value of every INHERITED key it does not set itself.
+        A `[vision]` value that failed validation is absent here: reported once, at its line."""
+        return [inherit(camera, info.data) for camera in cameras]
 
     @model_validator(mode="after")
     def _unique_names(self) -> VisionConfig:
@@ -177,3 +225,20 @@ class VisionConfig(Section):
         if dup:
             raise ValueError(f"camera names must be unique: {', '.join(dup)}")
         return self
+
+
+def inherit(camera: CameraConfig, defaults: dict[str, Any]) -> CameraConfig:
+    """`camera` with the `[vision]` defaults it does not set itself (tables: key by key)."""
+    update: dict[str, Any] = {}
+    for name in INHERITED:
+        if name not in defaults:
+            continue
+        given = defaults[name]
+        if name not in camera.model_fields_set:
+            update[name] = given
+        elif name in INHERITED_TABLES:
+            own = getattr(camera, name)
+            update[name] = given.model_copy(
+                update={key: getattr(own, key) for key in own.model_fields_set}
+            )
+    return camera.model_copy(update=update) if update else camera

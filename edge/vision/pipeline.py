@@ -415,6 +415,8 @@ def build_pipelines(ctx: Context) -> list[Pipeline]:
         model = model_of[cam.name]
         detector = None
         if cam.person.enabled:
-            detector = shared_detector(model, vision.threads, vision.delegate, lowest[model])
+            detector = shared_detector(
+                model, vision.detector_threads, vision.delegate, lowest[model]
+            )
         pipelines.append(CameraPipeline(ctx, cam, detector, min_score=defaults[model]))
     return pipelines

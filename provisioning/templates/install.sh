@@ -51,14 +51,18 @@ fi
 usermod -a -G dialout,video "$SERVICE_USER"
 install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/wardgate
 
-# 3. Config, key, certificates and password: 0600, owned by the service user.
+# 3. Config, key, certificates and password: 0600, owned by the service user. The site's
+# drop-ins in $WARDGATE_CONF_DIR/conf.d/ (commissioning page, technicians) are never written or
+# deleted here: a re-flash replaces config.toml and the secrets and keeps the site's overrides.
 SRC="$PAYLOAD/etc"
 if [ -d "$SRC" ]; then
     install -d -m 0750 -o root -g "$SERVICE_USER" "$WARDGATE_CONF_DIR" "$WARDGATE_CONF_DIR/tls"
+    [ -d "$WARDGATE_CONF_DIR/conf.d" ] \
+        || install -d -m 0750 -o root -g "$SERVICE_USER" "$WARDGATE_CONF_DIR/conf.d"
     while IFS= read -r rel; do
         install -D -m 0600 -o "$SERVICE_USER" -g "$SERVICE_USER" "$SRC/$rel" \
             "$WARDGATE_CONF_DIR/$rel"
-    done < <(cd "$SRC" && find . -type f -printf '%P\n')
+    done < <(cd "$SRC" && find . -type f -not -path './conf.d/*' -printf '%P\n')
 elif [ ! -f "$WARDGATE_CONF_DIR/config.toml" ]; then
     fail "no config: $SRC is missing and $WARDGATE_CONF_DIR/config.toml does not exist"
 fi
