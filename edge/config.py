@@ -1,25 +1,33 @@
 """The gateway's one TOML config file: schema, loading and errors that say file, line, key and fix.
 
-Reference: docs/config.md. Each pipeline owns its own section model (edge/vision/config.py,
-sensor_drivers/config.py); this module assembles them and owns loading.
+Reference: docs/config.md. This module owns the gateway's own sections and loading; each
+pipeline plugin owns its section (edge/plugins.py, docs/plugins.md): `Config` is `CoreConfig`
+plus one field per registered plugin, assembled on first use, so this module imports no plugin.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edge.confbase import AbsPath, Section, TopicSegment
 from edge.topics import DEFAULT_PREFIX, GatewayTopics
-from edge.vision.config import VisionConfig
-from sensor_drivers.config import SerialConfig
 
 DEFAULT_PATH = Path("/etc/wardgate/config.toml")
 
@@ -161,7 +169,9 @@ class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Config(Section):
+class CoreConfig(Section):
+    """The gateway's own sections; `Config` adds one field per pipeline plugin."""
+
     gateway: GatewaySection
     uplink: UplinkSection = UplinkSection()
     outbox: OutboxSection = OutboxSection()
@@ -169,13 +179,62 @@ class Config(Section):
     test_source: TestSourceSection = TestSourceSection()
     alarm_ack: AlarmAckSection = AlarmAckSection()
     logging: LoggingSection = LoggingSection()
-    vision: VisionConfig = VisionConfig()
-    serial: SerialConfig = SerialConfig()
 
     @property
     def topics(self) -> GatewayTopics:
         g = self.gateway
         return GatewayTopics(self.uplink.topic_prefix, g.district, g.ward, g.id)
+
+
+def _broken_plugin(message: str) -> Any:
+    def refuse(value: Any) -> Any:
+        raise ValueError(message)
+
+    return BeforeValidator(refuse)
+
+
+@functools.lru_cache(maxsize=1)
+def config_model() -> type[CoreConfig]:
+    """`CoreConfig` plus each registered plugin's section (edge/plugins.py), built once.
+
+    A plugin that cannot be imported does not stop a gateway whose config does not use it: its
+    section then fails validation, at its file:line, with what to install."""
+    from edge import plugins
+
+    fields: dict[str, Any] = {}
+    for name, entry in plugins.registry().items():
+        try:
+            model = entry.load().section_model()
+        except (plugins.PluginError, ImportError, AttributeError) as exc:
+            why = (
+                str(exc)
+                if isinstance(exc, plugins.PluginError)
+                else (
+                    f"pipeline plugin [{name}] ({entry.target}, package {entry.package!r}): its "
+                    f"section model cannot be loaded: {exc}"
+                )
+            )
+            fields[name] = (Annotated[Any, _broken_plugin(why)], None)
+            continue
+        fields[name] = (model, model())
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Config", __base__=CoreConfig, __module__=__name__, **fields
+    )
+
+
+def _model(path: Path | str) -> type[CoreConfig]:
+    from edge.plugins import PluginError
+
+    try:
+        return config_model()
+    except PluginError as exc:  # two plugins claim a section, or one claims a core section
+        raise ConfigError(path, [f"{path}: {exc}"]) from None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Config":  # `from edge.config import Config`: the assembled model
+        return config_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(Exception):
@@ -199,12 +258,12 @@ ECHO_CHARS = 60
 class Checked:
     """What `check-config` reports: the config if it is valid, every problem, every warning."""
 
-    config: Config | None
+    config: CoreConfig | None
     problems: list[str]
     warnings: list[str]
 
 
-def load(path: Path | str) -> Config:
+def load(path: Path | str) -> CoreConfig:
     """The config at `path`, or a ConfigError with every problem (file checks: `check`)."""
     return parse(read_text(path), path)
 
@@ -221,11 +280,11 @@ def check(path: Path | str, *, files: bool = True) -> Checked:
         data = _toml(text, path)
     except ConfigError as exc:
         return Checked(None, exc.problems, [])
-    cfg: Config | None = None
+    cfg: CoreConfig | None = None
     problems: list[str] = []
     warnings: list[str] = []
     try:
-        cfg = validate_model(Config, data, path, text)
+        cfg = validate_model(_model(path), data, path, text)
     except ConfigError as exc:
         problems += exc.problems
     if files:
@@ -265,12 +324,12 @@ def read_text(path: Path | str) -> str:
         ) from None
 
 
-def parse(text: str, path: Path | str = "<config>") -> Config:
-    return parse_model(Config, text, path)
+def parse(text: str, path: Path | str = "<config>") -> CoreConfig:
+    return parse_model(_model(path), text, path)
 
 
-def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> Config:
-    return validate_model(Config, data, path, text)
+def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> CoreConfig:
+    return validate_model(_model(path), data, path, text)
 
 
 def parse_model(model: type[M], text: str, path: Path | str) -> M:
