@@ -137,6 +137,9 @@ class CameraConfig(Section):
     reconnect_initial_s: float = Field(1.0, ge=0.01, le=600.0)
     reconnect_max_s: float = Field(30.0, ge=0.01, le=HOUR)
     model: str | None = Field(None, description="detector profile; default: [vision].model")
+    model_family: str | None = Field(
+        None, description="family of a model without metadata; default: [vision].model_family"
+    )
     masks: list[Polygon] = Field(default_factory=list, description="polygons to ignore")
     zones: list[Zone] = Field(default_factory=list)
     motion: MotionSettings = MotionSettings()
@@ -166,6 +169,10 @@ class CameraConfig(Section):
 
 class VisionConfig(Section):
     model: str = Field("default", description="detector profile (edge/models) for all cameras")
+    model_family: str | None = Field(
+        None,
+        description="family (nanodet, ssd) of a model file without metadata (docs/models.md)",
+    )
     threads: int = Field(1, ge=1, le=16, description="detector (XNNPACK) threads")
     delegate: str | None = Field(None, description="e.g. an EdgeTPU delegate library")
     cameras: list[CameraConfig] = Field(default_factory=list)
@@ -176,4 +183,17 @@ class VisionConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        from edge.vision.families import config_problem
+
+        checked: set[tuple[str, str | None]] = set()
+        for cam in self.cameras:
+            if not (cam.enabled and cam.person.enabled):
+                continue
+            choice = (cam.model or self.model, cam.model_family or self.model_family)
+            if choice in checked:
+                continue
+            checked.add(choice)
+            problem = config_problem(*choice)
+            if problem:
+                raise ValueError(f"camera {cam.name!r}: model {choice[0]!r}: {problem}")
         return self
