@@ -6,6 +6,7 @@ the frame's width and height (0..1), so they survive a change of stream resoluti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -195,5 +196,6 @@ class VisionConfig(Section):
             checked.add(choice)
             problem = config_problem(*choice)
             if problem:
-                raise ValueError(f"camera {cam.name!r}: model {choice[0]!r}: {problem}")
+                shown = Path(choice[0]).name if "/" in choice[0] else choice[0]
+                raise ValueError(f"camera {cam.name!r}: model {shown}: {problem}")
         return self

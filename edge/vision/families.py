@@ -238,10 +238,11 @@ def config_problem(model: str, family_given: str | None) -> str | None:
     except ModelError as exc:
         return None if str(exc).startswith("unknown model") else str(exc)
     if info.family is None and info.path.is_file():
-        try:
-            info.require_family("set `model_family` (in [vision] or on the camera) to")
-        except FamilyUnknown as exc:
-            return str(exc)
+        return (
+            f"no metadata ({info.path.with_suffix('.json').name}) declares its family; set "
+            f"`model_family` (in [vision] or on the camera) to one of: "
+            f"{', '.join(sorted(families()))}"
+        )
     if info.family is not None and info.family not in families():
         return f"{info.path}: unknown model family {info.family!r} in its metadata"
     return None
