@@ -231,7 +231,8 @@ def train(
         table[-1],
     )
     meta = {
-        "kind": "smoke-classifier",
+        "family": "smoke-classifier",
+        "labels": ["smoke"],
         "input": [image_size, image_size, 3],
         "input_format": "BGR uint8 0..255 (normalisation inside the model)",
         "threshold": chosen["threshold"],

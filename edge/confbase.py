@@ -33,6 +33,9 @@ class Section(BaseModel):
 
     on_reload: ClassVar[Reload] = "live"
     reload_note: ClassVar[str] = "applied: the affected pipelines restart with the new settings"
+    #: arrays of tables whose entries inherit keys of this section when they do not set them
+    #: ([vision] cameras): `check-config --show` names the section's key as their source
+    inherited_by_entries: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     model_config = ConfigDict(
         extra="forbid",

@@ -1,22 +1,32 @@
 """The gateway's one TOML config file: schema, loading and errors that say file, line, key and fix.
 
-Reference: docs/config.md. Each pipeline owns its own section model (edge/vision/config.py,
-sensor_drivers/config.py); this module assembles them. Loading any Section from TOML with
-file:line errors is edge/confbase.py's (ConfigError, parse_model), shared with the plugins.
+Reference: docs/config.md. This module owns the gateway's own sections and loading; each
+pipeline plugin owns its section (edge/plugins.py, docs/plugins.md): `Config` is `CoreConfig`
+plus one field per registered plugin, assembled on first use, so this module imports no plugin.
+Loading any Section from TOML with file:line errors is edge/confbase.py's (ConfigError,
+parse_model), shared with the plugins; merging the layers is edge/layering.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edge.confbase import (
     _TOO_DEEP,
@@ -37,9 +47,7 @@ from edge.confbase import (
     validate_model,
 )
 from edge.layering import CURRENT_VERSION, Layer, Origins, VersionError, migrate
-from edge.vision.config import VisionConfig
 from protocol.topics import DEFAULT_PREFIX, GatewayTopics
-from sensor_drivers.config import SerialConfig
 
 #: drop-ins next to the main file (`/etc/wardgate/conf.d/*.toml`), merged over it by name order
 DROP_IN_DIR = "conf.d"
@@ -203,7 +211,9 @@ class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class Config(Section):
+class CoreConfig(Section):
+    """The gateway's own sections; `Config` adds one field per pipeline plugin."""
+
     config_version: int = Field(
         CURRENT_VERSION,
         ge=CURRENT_VERSION,
@@ -217,8 +227,6 @@ class Config(Section):
     test_source: TestSourceSection = TestSourceSection()
     alarm_ack: AlarmAckSection = AlarmAckSection()
     logging: LoggingSection = LoggingSection()
-    vision: VisionConfig = VisionConfig()
-    serial: SerialConfig = SerialConfig()
 
     @property
     def topics(self) -> GatewayTopics:
@@ -226,11 +234,62 @@ class Config(Section):
         return GatewayTopics(self.uplink.topic_prefix, g.district, g.ward, g.id)
 
 
+def _broken_plugin(message: str) -> Any:
+    def refuse(value: Any) -> Any:
+        raise ValueError(message)
+
+    return BeforeValidator(refuse)
+
+
+@functools.lru_cache(maxsize=1)
+def config_model() -> type[CoreConfig]:
+    """`CoreConfig` plus each registered plugin's section (edge/plugins.py), built once.
+
+    A plugin that cannot be imported does not stop a gateway whose config does not use it: its
+    section then fails validation, at its file:line, with what to install."""
+    from edge import plugins
+
+    fields: dict[str, Any] = {}
+    for name, entry in plugins.registry().items():
+        try:
+            model = entry.load().section_model()
+        except (plugins.PluginError, ImportError, AttributeError) as exc:
+            why = (
+                str(exc)
+                if isinstance(exc, plugins.PluginError)
+                else (
+                    f"pipeline plugin [{name}] ({entry.target}, package {entry.package!r}): its "
+                    f"section model cannot be loaded: {exc}"
+                )
+            )
+            fields[name] = (Annotated[Any, _broken_plugin(why)], None)
+            continue
+        fields[name] = (model, model())
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Config", __base__=CoreConfig, __module__=__name__, **fields
+    )
+
+
+def _model(path: Path | str) -> type[CoreConfig]:
+    from edge.plugins import PluginError
+
+    try:
+        return config_model()
+    except PluginError as exc:  # two plugins claim a section, or one claims a core section
+        raise ConfigError(path, [f"{path}: {exc}"]) from None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Config":  # `from edge.config import Config`: the assembled model
+        return config_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclasses.dataclass
 class Checked:
     """What `check-config` reports: the config if it is valid, every problem, every warning."""
 
-    config: Config | None
+    config: CoreConfig | None
     problems: list[str]
     warnings: list[str]
     #: the merged layers and where each value came from (`check-config --show`)
@@ -321,7 +380,7 @@ def _checked_layer(layer: Layer) -> Layer:
     return layer
 
 
-def load(path: Path | str) -> Config:
+def load(path: Path | str) -> CoreConfig:
     """The config at `path` with its conf.d drop-ins, or a ConfigError with every problem.
 
     Migration warnings are logged; `check` returns them (file checks: `check`)."""
@@ -330,7 +389,7 @@ def load(path: Path | str) -> Config:
         raise ConfigError(path, read.problems)
     for warning in read.warnings:
         log.warning("%s", warning)
-    return validate_model(Config, read.data, path, origins=read.origins)
+    return validate_model(_model(path), read.data, path, origins=read.origins)
 
 
 def check(path: Path | str, *, files: bool = True) -> Checked:
@@ -344,11 +403,11 @@ def check(path: Path | str, *, files: bool = True) -> Checked:
     read = read_layers(path)
     problems = list(read.problems)
     warnings = list(read.warnings)
-    cfg: Config | None = None
+    cfg: CoreConfig | None = None
     main_ok = bool(read.layers) and read.layers[0].file == str(Path(path))
     if main_ok:
         try:
-            cfg = validate_model(Config, read.data, path, origins=read.origins)
+            cfg = validate_model(_model(path), read.data, path, origins=read.origins)
         except ConfigError as exc:
             problems += exc.problems
         if files:
@@ -390,12 +449,12 @@ def read_text(path: Path | str) -> str:
         ) from None
 
 
-def parse(text: str, path: Path | str = "<config>") -> Config:
+def parse(text: str, path: Path | str = "<config>") -> CoreConfig:
     """One file's text (no drop-ins), migrated to the current version."""
     return _single(_layer(text, path), path)
 
 
-def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> Config:
+def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "") -> CoreConfig:
     """A config table (as written to `text`, for lines), migrated to the current version."""
     import copy
 
@@ -404,7 +463,7 @@ def from_dict(data: dict[str, Any], path: Path | str = "<config>", text: str = "
     return _single(Layer(str(path), copy.deepcopy(data), lines), path)
 
 
-def _single(layer: Layer, path: Path | str) -> Config:
+def _single(layer: Layer, path: Path | str) -> CoreConfig:
     try:
         notes = migrate(layer)
     except VersionError as exc:
@@ -412,7 +471,7 @@ def _single(layer: Layer, path: Path | str) -> Config:
     for note in notes:
         log.warning("%s", note)
     _, origins = Origins.of([layer])
-    return validate_model(Config, layer.data, path, origins=origins)
+    return validate_model(_model(path), layer.data, path, origins=origins)
 
 
 def _line_of(problem: str) -> int:
@@ -513,7 +572,7 @@ def read_password(uplink: UplinkSection) -> str | None:
 # --- reload metadata ------------------------------------------------------------------------
 
 
-def reload_plan(old: Config, new: Config) -> tuple[list[str], list[str], dict[str, Any]]:
+def reload_plan(old: CoreConfig, new: CoreConfig) -> tuple[list[str], list[str], dict[str, Any]]:
     """What a reload from `old` to `new` does, from each section's reload metadata.
 
     Returns (applied sections, refused sections or `section.key`s, the values to keep: a
@@ -547,7 +606,7 @@ def section_names() -> list[str]:
     """The top-level sections of the config, in file order."""
     return [
         name
-        for name, field in Config.model_fields.items()
+        for name, field in config_model().model_fields.items()
         if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
     ]
 
@@ -556,7 +615,7 @@ def reload_table() -> str:
     """docs/config.md's reload table, generated from the metadata (a test keeps them equal)."""
     rows = ["| section or key | on `reload` |", "| --- | --- |"]
     for name in section_names():
-        model = Config.model_fields[name].annotation
+        model = config_model().model_fields[name].annotation
         assert isinstance(model, type) and issubclass(model, Section)
         if model.on_reload == "restart":
             how = f"refused until a restart ({model.reload_note}): listed in `restart_required_for`"
@@ -578,7 +637,7 @@ def reload_table() -> str:
 SECRET_KEYS = frozenset({"password"})
 
 
-def effective_lines(cfg: Config, origins: Origins | None) -> list[str]:
+def effective_lines(cfg: CoreConfig, origins: Origins | None) -> list[str]:
     """Every key of the merged, validated config, one a line, with the file:line that set it:
     `vision.cameras[0].fps = 2.0    # conf.d/10-site.toml:4 (inherited from vision.fps)`, or
     `# default`. Unset optional keys are left out; secrets are shown as `"***"`."""
@@ -589,8 +648,8 @@ def effective_lines(cfg: Config, origins: Origins | None) -> list[str]:
         found = origins.exact(loc) if origins is not None else None
         if found:
             return f"{found[0]}:{found[1]}"
-        if len(loc) > 3 and loc[:2] == ("vision", "cameras") and loc[3] in _inherited():
-            parent = ("vision", *loc[3:])
+        if len(loc) > 3 and loc[3] in _inherited(loc[0], loc[1]):
+            parent = (loc[0], *loc[3:])
             found = origins.exact(parent) if origins is not None else None
             if found:
                 return f"{found[0]}:{found[1]} (inherited from {_dotted(list(parent))})"
@@ -611,10 +670,14 @@ def effective_lines(cfg: Config, origins: Origins | None) -> list[str]:
     return out
 
 
-def _inherited() -> tuple[str, ...]:
-    from edge.vision.config import INHERITED
-
-    return INHERITED
+def _inherited(section: str, table: str) -> tuple[str, ...]:
+    """The keys each entry of `[section].table` inherits from `[section]` (its model's
+    `inherited_by_entries`: a plugin's section declares it, e.g. [vision] cameras)."""
+    field = config_model().model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, Section)):
+        return ()
+    return model.inherited_by_entries.get(table, ())
 
 
 def _toml_value(value: Any) -> str:

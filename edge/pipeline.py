@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from edge.config import Config
+    from edge.config import CoreConfig as Config
     from protocol.events import Event, Kind, Severity
     from protocol.topics import GatewayTopics
 

@@ -33,7 +33,7 @@ import cbor2
 
 from edge import config as config_mod
 from edge.alarm_ack import AckSupervisor
-from edge.config import Config
+from edge.config import CoreConfig as Config
 from edge.pipeline import AckListener, CommandHandler, NotAccepted, Pipeline
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox, OutboxError
@@ -200,6 +200,12 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------
     def build_pipelines(self) -> list[Pipeline]:
+        """The built-ins, then each plugin's pipelines (edge/plugins.py), then the extras.
+
+        Heartbeat, alarm-ack supervision and the test source stay built in: they are part of
+        the gateway's own contract (the ack tracking row is committed with the alarm in
+        `emit`; `alarm_ack.enabled` is refused by reload), not an optional feature."""
+        from edge import plugins
         from edge.health import Heartbeat, TestSource
 
         pipelines: list[Pipeline] = [Heartbeat(self)]
@@ -207,15 +213,15 @@ class Gateway:
             pipelines.append(self.ack_supervisor)
         if self.config.test_source.enabled:
             pipelines.append(TestSource(self))
-        # imported only when configured: the vision stack alone costs 30 MB (numpy, OpenCV)
-        if self.config.serial.ports:
-            from sensor_drivers.pipeline import build_pipelines as serial_pipelines
-
-            pipelines += serial_pipelines(self)
-        if any(camera.enabled for camera in self.config.vision.cameras):
-            from edge.vision.pipeline import build_pipelines as vision_pipelines
-
-            pipelines += vision_pipelines(self)
+        # a plugin's build (and its heavy imports: the vision stack alone costs 30 MB) is
+        # imported only when its section configures something
+        for name, entry in plugins.registry().items():
+            section = getattr(self.config, name, None)
+            if section is None:
+                continue  # a plugin that cannot be imported, and the config does not use it
+            plugin = entry.load()
+            if plugin.is_active(section):
+                pipelines += plugin.build_pipelines(self)
         if self._extra_pipelines is not None:
             pipelines += self._extra_pipelines(self)
         return pipelines
@@ -541,13 +547,21 @@ class Gateway:
             raise ValueError("this gateway runs on built-in defaults; there is no file to reload")
         with self._lock:
             old = self.config
-            profiles_before = _modbus_profiles(old)
-            _forget_profiles()  # re-read profile files: an edited one is a change
+            outside_before = _outside_state(old)
+            _forget_outside_state()  # re-read files a section names: an edited one is a change
             new = config_mod.load(self.config_path)  # ConfigError: answered, nothing changes
-            profiles_after = _modbus_profiles(new)
+            outside_after = _outside_state(new)
             applied, refused, keep = config_mod.reload_plan(old, new)
-            if profiles_after != profiles_before and "serial" not in applied:
-                applied.append("serial")
+            # an edited file a plugin section names (Modbus profiles) changes that section;
+            # the section's reload metadata decides, as for a change in the config itself
+            for name, state in outside_after.items():
+                if state == outside_before.get(name) or name in applied or name in refused:
+                    continue
+                if type(getattr(new, name)).on_reload == "restart":
+                    refused.append(name)
+                    keep[name] = getattr(old, name)
+                else:
+                    applied.append(name)
             effective = new.model_copy(update=keep) if keep else new
             out: dict[str, Any] = {"reloaded": str(self.config_path), "applied": applied}
             if refused:
@@ -603,28 +617,31 @@ def _request_id(payload: bytes) -> Any:
         return None
 
 
-def _modbus_profiles(config: Config) -> dict[str, Any]:
-    """The Modbus profiles a config uses, as loaded now (a reload compares them)."""
-    names = {d.profile for port in config.serial.ports for d in getattr(port, "devices", ())}
-    if not names:
-        return {}
-    from sensor_drivers.modbus_profile import load_profile
+def _outside_state(config: Config) -> dict[str, Any]:
+    """Per plugin section, the state of the files it names (Modbus profiles), as loaded now."""
+    from edge import plugins
 
     out: dict[str, Any] = {}
-    for name in sorted(names):
-        try:
-            out[name] = load_profile(name)
-        except Exception as exc:  # reported by the config load itself
-            out[name] = repr(exc)
+    for name, entry in plugins.registry().items():
+        section = getattr(config, name, None)
+        if section is None:
+            continue
+        hook = entry.load().reload_state
+        if hook is not None:
+            out[name] = plugins.import_target(hook)(section)
     return out
 
 
-def _forget_profiles() -> None:
-    try:
-        from sensor_drivers.modbus_profile import load_profile
-    except ImportError:
-        return
-    load_profile.cache_clear()
+def _forget_outside_state() -> None:
+    from edge import plugins
+
+    for entry in plugins.registry().values():
+        try:
+            hook = entry.load().reload_forget
+        except plugins.PluginError:
+            continue
+        if hook is not None:
+            plugins.import_target(hook)()
 
 
 def _parse_object(payload: bytes) -> dict[str, Any]:

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="'default', 'fast', 'smoke', a model file stem in edge/models, or a .tflite path",
     )
+    p.add_argument(
+        "--family",
+        metavar="NAME",
+        help="model family (nanodet, ssd, smoke-classifier) of a model without metadata",
+    )
     p.add_argument("--threshold", type=float, metavar="T", help="minimum score (0..1)")
     p.add_argument("--threads", type=int, default=1, help="TFLite (XNNPACK) threads")
     p.add_argument(
@@ -47,17 +52,28 @@ def _error(message: str) -> None:
 
 
 def _open_detector(args):
-    """Person detector, or the smoke classifier for 'smoke' and for classifier model files."""
-    from edge.vision.detector import NotADetectorModel, PersonDetector
+    """The model's declared family picks the code: a person detector or a classifier.
+
+    A model without metadata needs `--family`; one exception keeps the command's contract for
+    `train-smoke` models copied without their `.json`: a file with one image in and one score out
+    is run as the smoke classifier (that shape is all a classifier has to declare)."""
+    from edge.plugins import import_target
+    from edge.vision.families import FamilyUnknown, ModelError, family, resolve
     from edge.vision.smoke_classifier import SmokeClassifier
 
     options = {"threads": args.threads, "threshold": args.threshold}
-    if args.model.startswith("smoke"):
-        return SmokeClassifier(args.model, **options)
+    info = resolve(args.model, args.family)
+    if info.family is not None and family(info.family).kind == "classifier":
+        return import_target(family(info.family).impl)(args.model, **options)
+    from edge.vision.detector import PersonDetector
+
     try:
-        return PersonDetector(args.model, **options)
-    except NotADetectorModel:
-        return SmokeClassifier(args.model, **options)
+        return PersonDetector(args.model, family=args.family, **options)
+    except FamilyUnknown as unknown:
+        try:
+            return SmokeClassifier(args.model, **options)
+        except ModelError:
+            raise unknown from None
 
 
 def _frames(path: Path, every: int):

@@ -6,7 +6,8 @@ the frame's width and height (0..1), so they survive a change of stream resoluti
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -144,6 +145,9 @@ class CameraConfig(Section):
     reconnect_initial_s: float = Field(1.0, ge=0.01, le=600.0)
     reconnect_max_s: float = Field(30.0, ge=0.01, le=HOUR)
     model: str | None = Field(None, description="detector profile; default: [vision].model")
+    model_family: str | None = Field(
+        None, description="family of a model without metadata; default: [vision].model_family"
+    )
     masks: list[Polygon] = Field(default_factory=list, description="polygons to ignore")
     zones: list[Zone] = Field(default_factory=list)
     motion: MotionSettings = MotionSettings()
@@ -205,11 +209,17 @@ _CameraDefaults = create_model(  # the same keys, types, ranges and defaults as 
 
 class VisionConfig(_CameraDefaults):  # type: ignore[misc,valid-type]
     model: str = Field("default", description="detector profile (edge/models) for all cameras")
+    model_family: str | None = Field(
+        None,
+        description="family (nanodet, ssd) of a model file without metadata (docs/models.md)",
+    )
     detector_threads: int = Field(
         1, ge=1, le=16, description="detector (XNNPACK) threads (`threads` in config_version 1)"
     )
     delegate: str | None = Field(None, description="e.g. an EdgeTPU delegate library")
     cameras: list[CameraConfig] = Field(default_factory=list)
+
+    inherited_by_entries: ClassVar[dict[str, tuple[str, ...]]] = {"cameras": INHERITED}
 
     @field_validator("cameras")
     @classmethod
@@ -224,6 +234,22 @@ class VisionConfig(_CameraDefaults):  # type: ignore[misc,valid-type]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"camera names must be unique: {', '.join(dup)}")
+        from edge.vision.families import config_problem
+
+        # cameras hold their inherited values already (`_inherit`: person.enabled among them);
+        # model and model_family fall back to [vision]'s as the pipeline resolves them
+        checked: set[tuple[str, str | None]] = set()
+        for cam in self.cameras:
+            if not (cam.enabled and cam.person.enabled):
+                continue
+            choice = (cam.model or self.model, cam.model_family or self.model_family)
+            if choice in checked:
+                continue
+            checked.add(choice)
+            problem = config_problem(*choice)
+            if problem:
+                shown = Path(choice[0]).name if "/" in choice[0] else choice[0]
+                raise ValueError(f"camera {cam.name!r}: model {shown}: {problem}")
         return self
 
 

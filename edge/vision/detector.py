@@ -1,10 +1,11 @@
 """Person detection with TFLite models shipped in edge/models/ (see docs/models.md).
 
-Two model families are supported, told apart by their output tensors, so a profile is just a file:
-- NanoDet (GFL head): `scores` [1, N, 2] (person, best other COCO class) and `boxes` [1, N, 44]
+Which decoder runs a model is declared by the model's metadata (`<stem>.json`, key `family`) or
+by the config, never guessed from the model (edge/vision/families.py has the registry):
+- `nanodet` (GFL head): `scores` [1, N, 2] (person, best other COCO class) and `boxes` [1, N, 44]
   distance distributions; decoded and NMS-ed here.
-- SSD with TFLite's built-in `TFLite_Detection_PostProcess` op: decoded boxes, classes, scores and
-  count come out of the model.
+- `ssd` with TFLite's built-in `TFLite_Detection_PostProcess` op: decoded boxes, classes, scores
+  and count come out of the model.
 Both take a BGR frame resized to the model input (normalisation is inside the model).
 """
 
@@ -17,26 +18,35 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+from edge.plugins import import_target
+from edge.vision.families import (
+    FALLBACK_THRESHOLD,
+    MODELS_DIR,
+    PROFILES,
+    FamilyUnknown,
+    ModelError,
+    ModelInfo,
+    NotADetectorModel,
+    available_models,
+    family,
+    resolve,
+)
 
-# Profile name -> (model file, default score threshold). Thresholds were chosen on held-out
-# frames of the pedestrian clip; docs/models.md gives the measurements behind them.
-PROFILES: dict[str, tuple[str, float]] = {
-    "default": ("nanodet_g416_person_int8.tflite", 0.5),
-    "fast": ("ssdlite_mnv2_person_int8.tflite", 0.4),
-}
-# Threshold for a model chosen by file name rather than by profile.
-FALLBACK_THRESHOLD = 0.5
+__all__ = [
+    "FALLBACK_THRESHOLD",
+    "MODELS_DIR",
+    "PROFILES",
+    "Detection",
+    "FamilyUnknown",
+    "ModelError",
+    "NotADetectorModel",
+    "PersonDetector",
+    "available_models",
+    "load_interpreter",
+    "resolve_model",
+]
+
 NMS_IOU = 0.5
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
-
-
-class ModelError(RuntimeError):
-    """A model cannot be loaded or run; the message names the file and what to do."""
-
-
-class NotADetectorModel(ModelError):
-    """A valid TFLite model whose outputs are not a person detector's (e.g. a classifier)."""
 
 
 @dataclass(frozen=True)
@@ -53,34 +63,10 @@ class Detection:
         }
 
 
-def available_models() -> dict[str, Path]:
-    """Profile names and model file stems that exist in edge/models/, mapped to their files."""
-    found: dict[str, Path] = {}
-    for name, (filename, _) in PROFILES.items():
-        path = MODELS_DIR / filename
-        if path.exists():
-            found[name] = path
-    for path in sorted(MODELS_DIR.glob("*.tflite")):
-        found.setdefault(path.stem, path)
-    return found
-
-
-def resolve_model(model: str) -> tuple[Path, float]:
+def resolve_model(model: str, family: str | None = None) -> tuple[Path, float]:
     """A profile name, a model stem in edge/models/ or a path -> (file, default threshold)."""
-    if model in PROFILES:
-        filename, threshold = PROFILES[model]
-        return MODELS_DIR / filename, threshold
-    for filename, threshold in PROFILES.values():
-        if Path(filename).stem == model:
-            return MODELS_DIR / filename, threshold
-    candidate = MODELS_DIR / f"{model}.tflite"
-    if candidate.exists():
-        return candidate, FALLBACK_THRESHOLD
-    path = Path(model)
-    if path.suffix == ".tflite" or path.exists():
-        return path, FALLBACK_THRESHOLD
-    names = ", ".join(sorted(available_models())) or "none installed"
-    raise ModelError(f"unknown model {model!r}; known: {names}; or give a path to a .tflite file")
+    info = resolve(model, family)
+    return info.path, FALLBACK_THRESHOLD if info.threshold is None else info.threshold
 
 
 def _runtime():
@@ -158,9 +144,18 @@ class PersonDetector:
         threads: int = 1,
         threshold: float | None = None,
         delegate: str | None = None,
+        family: str | None = None,
     ):
-        self.path, default_threshold = resolve_model(model)
+        self.info: ModelInfo = resolve(model, family)
+        self.path = self.info.path
+        if self.info.family is not None and _family(self.info.family).kind != "detector":
+            raise NotADetectorModel(
+                f"{self.path}: family {self.info.family!r} is not a person detector"
+            )
         self.name = model if model in PROFILES else self.path.stem
+        default_threshold = (
+            FALLBACK_THRESHOLD if self.info.threshold is None else self.info.threshold
+        )
         self.threshold = default_threshold if threshold is None else float(threshold)
         self.interpreter = load_interpreter(self.path, threads, delegate)
         self.last_timings: dict[str, float] = {}
@@ -170,32 +165,11 @@ class PersonDetector:
         self._input = inp[0]
         _, height, width, _ = (int(v) for v in inp[0]["shape"])
         self.input_size = (width, height)
-        self._family = self._detect_family()
-
-    def _detect_family(self) -> str:
-        ops = getattr(self.interpreter, "_get_ops_details", lambda: [])()
-        post = [op for op in ops if op["op_name"] == POSTPROCESS_OP]
-        if post:
-            boxes, classes, scores, count = (int(i) for i in post[-1]["outputs"])
-            self._ssd_outputs = (boxes, classes, scores, count)
-            return "ssd"
-        outputs = self.interpreter.get_output_details()
-        by_depth = {int(o["shape"][-1]): o["index"] for o in outputs if len(o["shape"]) == 3}
-        if set(by_depth) == {2, 44}:
-            self._nano_scores, self._nano_boxes = by_depth[2], by_depth[44]
-            if self.input_size[0] != self.input_size[1]:
-                raise ModelError(f"{self.path}: NanoDet models must have a square input")
-            self._centers, self._strides = _nanodet_centers(self.input_size[0])
-            n = int(next(o["shape"][1] for o in outputs if o["index"] == self._nano_scores))
-            if n != len(self._strides):
-                raise ModelError(f"{self.path}: {n} anchors, expected {len(self._strides)}")
-            self._bins = np.arange(11, dtype=np.float32)
-            return "nanodet"
-        shapes = [tuple(int(v) for v in o["shape"]) for o in outputs]
-        raise NotADetectorModel(
-            f"{self.path}: unknown detector outputs {shapes}; expected a NanoDet head "
-            f"(scores [1,N,2], boxes [1,N,44]) or {POSTPROCESS_OP}"
+        # loaded first, so a corrupt file is reported as corrupt; then the declared family
+        self._family = self.info.require_family(
+            "give it in the config (`model_family`) or with --family:"
         )
+        self._head = import_target(_family(self._family).impl)(self)
 
     def _prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         import cv2
@@ -223,10 +197,7 @@ class PersonDetector:
         self.interpreter.invoke()
         t2 = time.perf_counter()
         height, width = frame_bgr.shape[:2]
-        if self._family == "ssd":
-            found = self._decode_ssd(width, height)
-        else:
-            found = self._decode_nanodet(width, height)
+        found = self._head.decode(width, height)
         t3 = time.perf_counter()
         self.last_timings = {
             "preprocess_ms": (t1 - t0) * 1e3,
@@ -235,15 +206,56 @@ class PersonDetector:
         }
         return found
 
-    def _decode_ssd(self, width: int, height: int) -> list[Detection]:
-        boxes_i, _, scores_i, count_i = self._ssd_outputs
+
+def _family(name: str):
+    return family(name)
+
+
+def _shapes(interpreter) -> list[tuple[int, ...]]:
+    return [tuple(int(v) for v in o["shape"]) for o in interpreter.get_output_details()]
+
+
+class SSDHead:
+    """Family `ssd`: the model's TFLite_Detection_PostProcess op gives boxes, classes, scores
+    and count. The metadata's `outputs` names the four tensors; without it they are taken in
+    the op's tensor order (boxes, classes, scores, count), which the TFLite converter keeps."""
+
+    ROLES = ("boxes", "classes", "scores", "count")
+
+    def __init__(self, detector: PersonDetector) -> None:
+        self.detector = detector
+        self.interpreter = detector.interpreter
+        outputs = self.interpreter.get_output_details()
+        named = detector.info.outputs
+        by_name = {o["name"]: int(o["index"]) for o in outputs}
+        if all(r in named for r in self.ROLES):
+            missing = [named[r] for r in self.ROLES if named[r] not in by_name]
+            if missing:
+                raise ModelError(
+                    f"{detector.path}: its metadata names outputs {missing} that the model "
+                    f"does not have (it has {sorted(by_name)})"
+                )
+            self.outputs = tuple(by_name[named[r]] for r in self.ROLES)
+        else:
+            self.outputs = tuple(sorted(by_name.values()))
+        shapes = {int(o["index"]): tuple(int(v) for v in o["shape"]) for o in outputs}
+        if len(self.outputs) != 4 or shapes[self.outputs[0]][-1:] != (4,):
+            raise NotADetectorModel(
+                f"{detector.path}: declared family 'ssd', but its outputs "
+                f"{_shapes(self.interpreter)} are not TFLite_Detection_PostProcess's "
+                "(boxes [1,N,4], classes, scores, count)"
+            )
+
+    def decode(self, width: int, height: int) -> list[Detection]:
+        boxes_i, _, scores_i, count_i = self.outputs
+        threshold, label = self.detector.threshold, self.detector.label
         get = self.interpreter.get_tensor
         count = int(get(count_i).reshape(-1)[0])
         boxes = get(boxes_i)[0][:count]
         scores = get(scores_i)[0][:count]
         found = []
         for (ymin, xmin, ymax, xmax), score in zip(boxes, scores, strict=True):
-            if score < self.threshold:
+            if score < threshold:
                 continue
             box = (
                 float(np.clip(xmin, 0, 1) * width),
@@ -252,36 +264,62 @@ class PersonDetector:
                 float(np.clip(ymax, 0, 1) * height),
             )
             if box[2] > box[0] and box[3] > box[1]:
-                found.append(Detection(self.label, float(score), box))
+                found.append(Detection(label, float(score), box))
         found.sort(key=lambda d: -d.score)
         return found
 
-    def _decode_nanodet(self, width: int, height: int) -> list[Detection]:
+
+class NanoDetHead:
+    """Family `nanodet`: GFL head, `scores` [1,N,2] and box distributions [1,N,44]."""
+
+    def __init__(self, detector: PersonDetector) -> None:
+        self.detector = detector
+        self.interpreter = detector.interpreter
+        path = detector.path
+        outputs = self.interpreter.get_output_details()
+        by_depth = {int(o["shape"][-1]): o["index"] for o in outputs if len(o["shape"]) == 3}
+        if set(by_depth) != {2, 44}:
+            raise NotADetectorModel(
+                f"{path}: declared family 'nanodet', but its outputs "
+                f"{_shapes(self.interpreter)} are not a NanoDet head's "
+                "(scores [1,N,2], boxes [1,N,44])"
+            )
+        self.scores_i, self.boxes_i = by_depth[2], by_depth[44]
+        size = detector.input_size
+        if size[0] != size[1]:
+            raise ModelError(f"{path}: NanoDet models must have a square input")
+        self.centers, self.strides = _nanodet_centers(size[0])
+        n = int(next(o["shape"][1] for o in outputs if o["index"] == self.scores_i))
+        if n != len(self.strides):
+            raise ModelError(f"{path}: {n} anchors, expected {len(self.strides)}")
+        self.bins = np.arange(11, dtype=np.float32)
+
+    def decode(self, width: int, height: int) -> list[Detection]:
         import cv2
 
-        scores = self.interpreter.get_tensor(self._nano_scores)[0]
+        threshold, label = self.detector.threshold, self.detector.label
+        input_w, input_h = self.detector.input_size
+        scores = self.interpreter.get_tensor(self.scores_i)[0]
         person = scores[:, 0]
-        keep = np.flatnonzero(person >= self.threshold)
+        keep = np.flatnonzero(person >= threshold)
         if keep.size == 0:
             return []
-        dist = self.interpreter.get_tensor(self._nano_boxes)[0][keep].reshape(-1, 4, 11)
+        dist = self.interpreter.get_tensor(self.boxes_i)[0][keep].reshape(-1, 4, 11)
         dist = np.exp(dist - dist.max(axis=2, keepdims=True))
         dist /= dist.sum(axis=2, keepdims=True)
-        ltrb = (dist @ self._bins) * self._strides[keep, None]  # left, top, right, bottom
-        cx, cy = self._centers[keep, 0], self._centers[keep, 1]
-        sx, sy = width / self.input_size[0], height / self.input_size[1]
+        ltrb = (dist @ self.bins) * self.strides[keep, None]  # left, top, right, bottom
+        cx, cy = self.centers[keep, 0], self.centers[keep, 1]
+        sx, sy = width / input_w, height / input_h
         x1 = np.clip((cx - ltrb[:, 0]) * sx, 0, width)
         y1 = np.clip((cy - ltrb[:, 1]) * sy, 0, height)
         x2 = np.clip((cx + ltrb[:, 2]) * sx, 0, width)
         y2 = np.clip((cy + ltrb[:, 3]) * sy, 0, height)
         kept_scores = person[keep]
         rects = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
-        chosen = cv2.dnn.NMSBoxes(
-            rects.tolist(), kept_scores.tolist(), float(self.threshold), NMS_IOU
-        )
+        chosen = cv2.dnn.NMSBoxes(rects.tolist(), kept_scores.tolist(), float(threshold), NMS_IOU)
         found = [
             Detection(
-                self.label,
+                label,
                 float(kept_scores[i]),
                 (float(x1[i]), float(y1[i]), float(x2[i]), float(y2[i])),
             )

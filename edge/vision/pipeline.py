@@ -64,9 +64,13 @@ _shared_lock = threading.Lock()
 
 
 def shared_detector(
-    model: str, threads: int = 1, delegate: str | None = None, threshold: float | None = None
+    model: str,
+    threads: int = 1,
+    delegate: str | None = None,
+    threshold: float | None = None,
+    family: str | None = None,
 ) -> SharedDetector:
-    key = (model, threads, delegate, threshold)
+    key = (model, threads, delegate, threshold, family)
     with _shared_lock:
         shared = _shared.get(key)
         if shared is None:
@@ -75,7 +79,7 @@ def shared_detector(
                 from edge.vision.detector import PersonDetector
 
                 return PersonDetector(
-                    model, threads=threads, threshold=threshold, delegate=delegate
+                    model, threads=threads, threshold=threshold, delegate=delegate, family=family
                 )
 
             shared = _shared[key] = SharedDetector(load)
@@ -403,8 +407,10 @@ def build_pipelines(ctx: Context) -> list[Pipeline]:
     cams = [c for c in vision.cameras if c.enabled]
     # One interpreter per model, run at the lowest threshold any of its cameras asks for; each
     # camera then keeps the boxes over its own threshold (the model's default if not set).
-    model_of = {c.name: c.model or vision.model for c in cams}
-    defaults = {m: resolve_model(m)[1] for m in set(model_of.values())}
+    model_of = {
+        c.name: (c.model or vision.model, c.model_family or vision.model_family) for c in cams
+    }
+    defaults = {m: resolve_model(*m)[1] for m in set(model_of.values())}
     lowest = dict(defaults)
     for c in cams:
         if c.person.enabled and c.person.threshold is not None:
@@ -416,7 +422,7 @@ def build_pipelines(ctx: Context) -> list[Pipeline]:
         detector = None
         if cam.person.enabled:
             detector = shared_detector(
-                model, vision.detector_threads, vision.delegate, lowest[model]
+                model[0], vision.detector_threads, vision.delegate, lowest[model], family=model[1]
             )
         pipelines.append(CameraPipeline(ctx, cam, detector, min_score=defaults[model]))
     return pipelines

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.vision.detector import MODELS_DIR, Detection, ModelError, load_interpreter
+from edge.vision.families import family, read_metadata
 
 DEFAULT_MODEL = "smoke_synthetic_int8.tflite"
 DEFAULT_THRESHOLD = 0.6
@@ -68,6 +69,11 @@ class SmokeClassifier:
     ):
         self.path = _resolve(model)
         self.name = model if model == "smoke" else self.path.stem
+        declared = read_metadata(self.path).family
+        if declared is not None and family(declared).kind != "classifier":
+            raise ModelError(
+                f"{self.path}: its metadata declares family {declared!r}, not a classifier"
+            )
         self.interpreter = load_interpreter(self.path, threads, delegate)
         self.threshold = self._card_threshold() if threshold is None else float(threshold)
         self.tiles_per_short_side = tiles_per_short_side
