@@ -53,6 +53,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         port=args.port,
         username=args.username,
         password=password,
+        password_file=args.password_file,  # read again on every reconnect
         ca=args.ca,
         cert=args.cert,
         key=args.key,
