@@ -107,7 +107,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_protocol_is_light():
     loaded = _modules_after(
-        "import protocol.events, protocol.topics, protocol.names, protocol.node_protocol"
+        "import protocol, protocol.events, protocol.topics, protocol.names, protocol.node_protocol,"
+        " protocol.retry"
     )
     heavy = {"paho", "pydantic", "numpy", "cv2", "serial", "pymodbus", "cryptography"}
     ours = set(PACKAGES) - {"protocol"}
