@@ -183,7 +183,7 @@ def test_a_second_connection_of_one_account_replaces_the_first(fleet, broker, pe
     receivers sharing alarms need two accounts."""
     first = connect(peers, fleet, broker.password_port, username="rx-d02",
                     password=password(fleet, "rx-d02"), client_id="rx-one")  # fmt: skip
-    # stays off once replaced: the policy's clients never reconnect on their own
+    first.client.reconnect_delay_set(30, 30)  # stay off once replaced
     connect(peers, fleet, broker.password_port, username="rx-d02",
             password=password(fleet, "rx-d02"), client_id="rx-two")  # fmt: skip
     deadline = time.monotonic() + 5

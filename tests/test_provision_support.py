@@ -94,8 +94,9 @@ class Peer:
             cert = bundle_file(fleet, gateway, "tls/gateway.crt")
             key = bundle_file(fleet, gateway, "tls/gateway.key")
         self.port = port
-        # the connection policy, as every wardgate client; paho's reconnect stays off (a peer
-        # the broker disconnected stays off, as the tests that count disconnects expect)
+        # the connection policy, as every wardgate client; with paho's own reconnect, as the
+        # bare paho peer these ACL tests were written against (a peer the broker drops comes
+        # back and resends its unacknowledged publish)
         self.endpoint = policy.Endpoint(
             host="127.0.0.1",
             port=port,
@@ -106,7 +107,7 @@ class Peer:
             keepalive_s=10,
             setting="peer",
         )
-        self.client = policy.new_client(self.endpoint)
+        self.client = policy.new_client(self.endpoint, paho_reconnect=True)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connack = threading.Event()
         self._acks: dict[int, threading.Event] = {}
