@@ -187,6 +187,8 @@ def _subscriber_main(conn: Any, host: str, port: int) -> None:
             if topic.endswith("/tele"):
                 last_tele[topic] = msg.payload
 
+    # the baseline subscriber: plain paho on purpose (not protocol/mqtt.py's policy), with
+    # paho's own fast reconnect, so the measuring side never changes with the policy
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id="bench-subscriber",
@@ -310,7 +312,9 @@ level = "{log_level}"
 
 
 def plain_client(broker: MosquittoBroker, client_id: str, max_inflight: int) -> mqtt.Client:
-    """The baseline: an ordinary paho QoS 1 publisher (loop_start), same in-flight window."""
+    """The baseline: an ordinary paho QoS 1 publisher (loop_start), same in-flight window.
+    Plain paho on purpose, not protocol/mqtt.py's policy: it is what the uplink is measured
+    against."""
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -451,6 +455,8 @@ def _flood_main(conn: Any, host: str, port: int, gateway: str, knobs: tuple) -> 
     rate, reload_every, command = knobs
     topics = topics_for(gateway)
     answered = [0]
+    # plain paho on purpose (not the policy, which adds TCP_NODELAY): the flood numbers in
+    # docs/performance.md were measured with this operator
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=f"{gateway}-operator",

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca", type=Path, help="CA certificate: enables TLS")
     p.add_argument("--cert", type=Path, help="client certificate")
     p.add_argument("--key", type=Path, help="client key")
+    p.add_argument("--server-name", help="the name the broker's certificate carries, if not --host")
     p.add_argument("--prefix", default="wg/v1")
     p.add_argument("--district", default="+", help="one district, or + for all")
     p.add_argument("--group", default="brigade", help="shared-subscription group")
@@ -53,9 +54,11 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         port=args.port,
         username=args.username,
         password=password,
+        password_file=args.password_file,  # read again on every reconnect
         ca=args.ca,
         cert=args.cert,
         key=args.key,
+        server_name=args.server_name,
         prefix=args.prefix,
         district=args.district,
         group=args.group,

@@ -5,6 +5,10 @@ receivers can share a clustered broker and stand in for each other), dedupes by 
 acknowledges each alarm back to its gateway (closing the gateway's EN 54-21 supervision loop),
 tracks gateway and node liveness, appends every decision to an audit log, optionally forwards to a
 webhook, and shows a live terminal view. Survives broker restarts (persistent session).
+
+Connects through the one MQTT connection policy (protocol/mqtt.py: TLS, the password file read on
+every attempt, reason codes explained) and retries with the one backoff (protocol/retry.py), the
+connection's and the webhook's.
 """
 
 from __future__ import annotations
@@ -21,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import backoff
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from protocol import mqtt as policy
 from protocol.events import DecodeError, Event, Kind, decode, now_ms
+from protocol.retry import Backoff
 from protocol.topics import DEFAULT_PREFIX, parse
 
 log = logging.getLogger("wardgate.receiver")
@@ -38,6 +41,7 @@ class ReceiverOptions:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None  # wins over `password`; read on every connection
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -48,6 +52,34 @@ class ReceiverOptions:
     audit: Path | None = None
     webhook: str | None = None
     supervision_s: float = 90.0
+    server_name: str | None = None  # the name on the broker's certificate, if not `host`
+
+    def endpoint(self) -> policy.Endpoint:
+        tls = None
+        if self.ca is not None:
+            tls = policy.Tls(self.ca, self.cert, self.key, self.server_name)
+        return policy.Endpoint(
+            host=self.host,
+            port=self.port,
+            tls=tls,
+            username=self.username,
+            password=self.password,
+            password_file=self.password_file,
+            client_id=self.name,
+            keepalive_s=10,
+            clean_start=False,
+            session_expiry_s=86400,
+            backoff_initial_s=0.5,
+            backoff_max_s=10.0,
+            setting="receiver",
+            names={
+                "username": "--username",
+                "password": "--password-file",
+                "password_file": "--password-file",
+                "tls": "--ca/--cert/--key",
+                "tls.ca": "--ca",
+            },
+        )
 
 
 @dataclass
@@ -85,37 +117,20 @@ class AlarmReceiver:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self._session_present = False
-        self.client = self._make_client()
+        self.conn = policy.Connection(
+            opts.endpoint(),
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            logger=log,
+            name="receiver",
+        )
+        self.client: mqtt.Client = self.conn.client
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # --- lifecycle -------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.opts.name,
-            protocol=mqtt.MQTTv5,
-        )
-        client.reconnect_delay_set(0.5, 10)
-        if self.opts.username:
-            client.username_pw_set(self.opts.username, self.opts.password)
-        if self.opts.ca is not None:
-            client.tls_set(
-                ca_certs=str(self.opts.ca),
-                certfile=str(self.opts.cert) if self.opts.cert else None,
-                keyfile=str(self.opts.key) if self.opts.key else None,
-            )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        return client
-
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 86400
-        self.client.connect_async(
-            self.opts.host, self.opts.port, keepalive=10, clean_start=False, properties=props
-        )
-        self.client.loop_start()
+        self.conn.start()  # connects, and reconnects with the one backoff
         threading.Thread(target=self._supervise, name="liveness", daemon=True).start()
         if self.opts.webhook:
             threading.Thread(target=self._webhook_worker, name="webhook", daemon=True).start()
@@ -123,8 +138,7 @@ class AlarmReceiver:
     def stop(self) -> None:
         self._stop.set()
         self._webhook_queue.put(None)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.conn.stop()
         if self._audit is not None:
             self._audit.close()
 
@@ -141,8 +155,7 @@ class AlarmReceiver:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the receiver: %s", reason_code)
-            return
+            return  # logged, with its hint, by the connection policy
         self._session_present = bool(flags.session_present)
         client.subscribe(self._filters())
 
@@ -156,7 +169,10 @@ class AlarmReceiver:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         if not self._stop.is_set():
-            log.warning("receiver lost the broker (%s); reconnecting", reason_code)
+            log.warning(
+                "receiver lost the broker (%s); reconnecting",
+                policy.explain(reason_code, self.conn.endpoint),
+            )
             self._emit({"what": "disconnected", "reason": str(reason_code)})
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -293,8 +309,7 @@ class AlarmReceiver:
             record = self._webhook_queue.get()
             if record is None:
                 return
-            delays = backoff.expo(base=2, factor=0.5, max_value=30)
-            next(delays)
+            delays = Backoff(0.5, 30.0)
             while not self._stop.is_set():
                 try:
                     req = urllib.request.Request(
@@ -308,7 +323,7 @@ class AlarmReceiver:
                             break
                 except OSError as exc:
                     log.warning("webhook %s failed: %s; retrying", self.opts.webhook, exc)
-                self._stop.wait(backoff.full_jitter(next(delays)))
+                self._stop.wait(delays.next())
 
     # --- the live view ---------------------------------------------------------------------
     def render(self):

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import secrets
-import ssl
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge import config as config_mod
+from protocol import mqtt as policy
 from protocol.events import decode_any
 from protocol.topics import parse
 
@@ -171,22 +171,30 @@ def demo_serial_section(port: str) -> dict[str, Any]:
 class LiveView:
     """Everything the broker receives for the demo district, as an operator account sees it."""
 
-    def __init__(self, host: str, port: int, ca: Path, user: str, password: str) -> None:
+    def __init__(self, host: str, port: int, ca: Path, user: str, password_file: Path) -> None:
         self.rows: deque[tuple[str, str, str, str]] = deque(maxlen=16)
         self.counts: dict[str, int] = {}
         self.lines: deque[str] = deque()
         self.lock = threading.Lock()
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        endpoint = policy.Endpoint(
+            host=host,
+            port=port,
+            tls=policy.Tls(ca),
+            username=user,
+            password_file=password_file,
             client_id="demo-operator",
-            protocol=mqtt.MQTTv5,
+            setting="demo.operator",
         )
-        self.client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, *a: c.subscribe(f"wg/v1/{DEMO_DISTRICT}/#", qos=1)
+
+        def subscribe(client, userdata, flags, reason_code, properties) -> None:
+            if not reason_code.is_failure:
+                client.subscribe(f"wg/v1/{DEMO_DISTRICT}/#", qos=1)
+
+        self.conn = policy.Connection(endpoint, on_connect=subscribe, name="demo operator view")
+        self.client = self.conn.client
         self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
+        self.conn.start()
+        self.conn.wait_connected(10)
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         leaf = (parse(msg.topic) or {"leaf": msg.topic})["leaf"]
@@ -225,8 +233,7 @@ class LiveView:
         return table
 
     def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.conn.stop()
 
 
 def _summary(obj: dict[str, Any]) -> str:
@@ -289,7 +296,7 @@ def run_demo(
             host="127.0.0.1",
             port=broker.password_port,
             username=f"rx-{DEMO_DISTRICT}",
-            password=(accounts / f"rx-{DEMO_DISTRICT}.password").read_text().strip(),
+            password_file=accounts / f"rx-{DEMO_DISTRICT}.password",
             ca=ca,
             district=DEMO_DISTRICT,
             name="demo-brigade",
@@ -297,8 +304,7 @@ def run_demo(
             supervision_s=30,
         )
     )
-    ops_password = (accounts / "ops.password").read_text().strip()
-    view = LiveView("127.0.0.1", broker.password_port, ca, "ops", ops_password)
+    view = LiveView("127.0.0.1", broker.password_port, ca, "ops", accounts / "ops.password")
     receiver.start()
     parts = [f"camera 'lobby' on {DEMO_CLIP.name}"] if "camera" not in without else []
     if node is not None:

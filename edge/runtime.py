@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import backoff
 import cbor2
 
 from edge import config as config_mod
@@ -38,6 +37,7 @@ from edge.pipeline import AckListener, CommandHandler, NotAccepted, Pipeline
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox, OutboxError
 from protocol.events import Event, Kind, Severity
+from protocol.retry import Backoff
 
 log = logging.getLogger("wardgate.runtime")
 
@@ -327,8 +327,7 @@ class Gateway:
     # --- supervision -----------------------------------------------------------------------
     def _supervise(self, p: Pipeline, gen: _Generation) -> None:
         stop = gen.stop
-        delays = backoff.expo(base=2, factor=1.0, max_value=60.0)
-        next(delays)
+        delays = Backoff(1.0, 60.0, floor_s=0.1)  # the one backoff: full jitter, + 0.1 s
         while not stop.is_set():
             # restored once it runs again (also a fault a previous generation raised before a
             # reload); a new failure raises a new fault
@@ -356,9 +355,8 @@ class Gateway:
                 except Exception:
                     log.exception("pipeline %s: close failed", p.name)
             if time.monotonic() - started > RUN_OK_S:
-                delays = backoff.expo(base=2, factor=1.0, max_value=60.0)
-                next(delays)
-            stop.wait(backoff.full_jitter(next(delays)) + 0.1)
+                delays.reset()
+            stop.wait(delays.next())
         p.set_state("stopped")
 
     def _raise_pipe_fault(self, name: str, exc: Exception) -> None:

@@ -279,9 +279,7 @@ def _check_password(directory: Path, result: Result, cfg) -> None:
 
 
 def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    from protocol import mqtt as policy
 
     host = host or cfg.uplink.host
     port = port or cfg.uplink.port
@@ -292,45 +290,51 @@ def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -
         result.add(status, "broker", f"{host}:{port} not reachable ({exc}); connection not tried")
         return
     tls = cfg.uplink.tls
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(_local(directory, tls.ca)))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(_local(directory, tls.cert)), str(_local(directory, tls.key)))
+    password_file = None
+    if cfg.uplink.password_file is not None:
+        password_file = _local(directory, cfg.uplink.password_file)
     # The broker forces the client id to the gateway id (use_username_as_clientid): this
     # connection *is* the gateway's. It resumes the gateway's session (clean_start false,
     # the config's session expiry) and acknowledges nothing (manual_ack), so commands queued
     # for the gateway are redelivered to it, not consumed here. A gateway online right now
     # is disconnected once and reconnects.
-    client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+    endpoint = policy.Endpoint(
+        host=host,
+        port=port,
+        tls=policy.Tls(
+            _local(directory, tls.ca), _local(directory, tls.cert), _local(directory, tls.key)
+        ),
+        username=cfg.uplink.username,
+        password=cfg.uplink.password,
+        password_file=password_file,
         client_id=cfg.gateway.id,
-        protocol=mqtt.MQTTv5,
-        manual_ack=True,
+        keepalive_s=10,
+        clean_start=False,
+        session_expiry_s=cfg.uplink.session_expiry_s,
+        setting="uplink",
     )
-    client.tls_set_context(ctx)
-    password = None
-    if cfg.uplink.password_file is not None:
-        password = _local(directory, cfg.uplink.password_file).read_text().strip()
-    if cfg.uplink.username:
-        client.username_pw_set(cfg.uplink.username, password)
+    try:
+        client = policy.new_client(endpoint, manual_ack=True)
+    except policy.ConnectError as exc:
+        result.add(FAIL, "broker", f"{host}:{port}: {exc}")
+        return
     done = threading.Event()
     outcome: dict[str, str] = {}
 
     def on_connect(client, userdata, flags, reason_code, properties):
-        outcome["reason"] = str(reason_code)
+        outcome["reason"] = policy.explain(reason_code, endpoint)
         outcome["ok"] = "yes" if not reason_code.is_failure else ""
         done.set()
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
-        outcome.setdefault("reason", f"disconnected: {reason_code}")
+        outcome.setdefault("reason", f"disconnected: {policy.explain(reason_code, endpoint)}")
         done.set()
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     where = f"{host}:{port}"
     try:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = cfg.uplink.session_expiry_s
-        client.connect(host, port, keepalive=10, clean_start=False, properties=props)
+        policy.connect(client, endpoint)
     except ssl.SSLCertVerificationError as exc:
         result.add(
             FAIL,
@@ -343,7 +347,9 @@ def _check_broker(directory, result, cfg, host, port, timeout, require_broker) -
         result.add(
             FAIL,
             "broker",
-            f"{where}: TLS handshake refused ({exc}); a revoked or foreign client certificate?",
+            f"{where}: TLS handshake refused ({exc}); a revoked or foreign client certificate?"
+            if isinstance(exc, ssl.SSLError)
+            else policy.explain_error(exc, endpoint),
         )
         return
     client.loop_start()

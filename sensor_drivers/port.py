@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import serial
 
 from edge.pipeline import Context, Pipeline
+from protocol.retry import Backoff
 from sensor_drivers.config import BY_ID_DIR, resolve
 
 if TYPE_CHECKING:
@@ -171,23 +172,21 @@ def _explain_open_error(target: Path, exc: serial.SerialException) -> tuple[str,
 
 
 class Reconnector:
-    """Capped exponential backoff between attempts to reopen a lost port."""
+    """When to try reopening a lost port: the one backoff (protocol/retry.py) as a deadline, for
+    read loops that poll instead of sleeping."""
 
     def __init__(self, first_s: float, max_s: float) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.delay = first_s
+        self.backoff = Backoff(first_s, max_s)
         self.next_at = 0.0
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_at
 
     def failed(self) -> None:
-        self.next_at = time.monotonic() + self.delay
-        self.delay = min(self.delay * 2, self.max_s)
+        self.next_at = time.monotonic() + self.backoff.next()
 
     def succeeded(self) -> None:
-        self.delay = self.first_s
+        self.backoff.reset()
         self.next_at = 0.0
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protocol import mqtt as policy
 from protocol.events import DecodeError, Event, decode
 from tests.conftest import GATEWAY_PASSWORD, GATEWAY_USER, WATCHER_PASSWORD, WATCHER_USER
 
@@ -43,27 +43,30 @@ class Watcher:
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
         self.arrived = threading.Condition(self.lock)
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        endpoint = policy.Endpoint(
+            host=self.broker.host,
+            port=self.broker.port,
+            username=WATCHER_USER,
+            password=WATCHER_PASSWORD,
             client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
+            keepalive_s=5,
+            clean_start=False,
+            session_expiry_s=600,
+            backoff_initial_s=0.2,
+            backoff_max_s=1.0,
+            setting="watcher",
         )
-        self.client.username_pw_set(WATCHER_USER, WATCHER_PASSWORD)
-        self.client.reconnect_delay_set(0.2, 1.0)
+        self.conn = policy.Connection(endpoint, on_connect=self._on_connect, name="watcher")
+        self.client = self.conn.client
         self.subscribed = threading.Event()
-        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 600
-        self.client.connect(
-            self.broker.host, self.broker.port, keepalive=5, clean_start=False, properties=props
-        )
-        self.client.loop_start()
+        self.conn.start()
         assert self.subscribed.wait(10), "watcher could not subscribe"
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.subscribe(self.topic, qos=1)
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)
 
     def _on_message(self, client, userdata, msg) -> None:
         rec = Received(msg.topic, msg.payload, time.monotonic(), msg.properties)
@@ -107,8 +110,7 @@ class Watcher:
         self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
 
     def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.conn.stop()
 
 
 def gateway_config_text(

@@ -23,6 +23,7 @@ from devtools.unix_node import UnixNode
 from edge import config, runtime
 from edge.pipeline import NotAccepted, Pipeline
 from edge.runtime import Gateway
+from protocol import retry
 from tests.harness import (
     GatewayProcess,
     SteppedClock,
@@ -213,7 +214,7 @@ class Flaky(Pipeline):
 
 def test_reload_during_a_restart_backoff_leaves_the_gateway_healthy(broker, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "FAILED_UNHEALTHY_S", 1.0)
-    monkeypatch.setattr(runtime.backoff, "full_jitter", lambda value: value)  # 2.1 s backoff
+    monkeypatch.setattr(retry, "full_jitter", lambda value: value)  # 2.1 s backoff
     Flaky.failures = 0
     text = gateway_config_text(broker, tmp_path)
     path = write_config(tmp_path, text)

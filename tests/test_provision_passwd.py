@@ -36,16 +36,14 @@ def test_our_hash_has_mosquitto_passwd_shape():
 
 def login(host: str, port: int, user: str, password: str):
     """The CONNACK reason code, or None if the broker closed the connection without one."""
-    import paho.mqtt.client as mqtt
+    from protocol import mqtt as policy
 
     done, result = threading.Event(), {}
-    client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5
-    )
-    client.username_pw_set(user, password)
+    endpoint = policy.Endpoint(host=host, port=port, username=user, password=password)
+    client = policy.new_client(endpoint)
     client.on_connect = lambda c, u, flags, rc, props: (result.update(rc=rc), done.set())
     client.on_disconnect = lambda *args: done.set()
-    client.connect(host, port)
+    policy.connect(client, endpoint)
     client.loop_start()
     done.wait(5)
     client.disconnect()

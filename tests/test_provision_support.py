@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import shutil
-import ssl
 import threading
 import uuid
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from devtools.devbroker import start_local_broker
+from protocol import mqtt as policy
 from provisioning import pki
 from provisioning.enroll import Enroller
 from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetDir, write_file
@@ -93,18 +93,21 @@ class Peer:
         if gateway is not None and cert is None:
             cert = bundle_file(fleet, gateway, "tls/gateway.crt")
             key = bundle_file(fleet, gateway, "tls/gateway.key")
-        ctx = ssl.create_default_context(cafile=str(fleet.ca_dir / "ca.crt"))
-        if cert is not None:
-            ctx.load_cert_chain(str(cert), str(key))
         self.port = port
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        # the connection policy, as every wardgate client; with paho's own reconnect, as the
+        # bare paho peer these ACL tests were written against (a peer the broker drops comes
+        # back and resends its unacknowledged publish)
+        self.endpoint = policy.Endpoint(
+            host="127.0.0.1",
+            port=port,
+            tls=policy.Tls(fleet.ca_dir / "ca.crt", cert, key),
+            username=username,
+            password=password,
             client_id=client_id or f"test-{uuid.uuid4().hex[:10]}",
-            protocol=mqtt.MQTTv5,
+            keepalive_s=10,
+            setting="peer",
         )
-        self.client.tls_set_context(ctx)
-        if username is not None:
-            self.client.username_pw_set(username, password)
+        self.client = policy.new_client(self.endpoint, paho_reconnect=True)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connack = threading.Event()
         self._acks: dict[int, threading.Event] = {}
@@ -131,7 +134,7 @@ class Peer:
 
     def connect(self, timeout: float = 5.0) -> bool:
         """True if the broker accepted; raises ssl.SSLError if the handshake is refused."""
-        self.client.connect("127.0.0.1", self.port, keepalive=10)
+        policy.connect(self.client, self.endpoint)
         self.client.loop_start()
         self._connack.wait(timeout)
         return self.connect_reason is not None and not self.connect_reason.is_failure

@@ -107,7 +107,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_protocol_is_light():
     loaded = _modules_after(
-        "import protocol.events, protocol.topics, protocol.names, protocol.node_protocol"
+        "import protocol, protocol.events, protocol.topics, protocol.names, protocol.node_protocol,"
+        " protocol.retry"
     )
     heavy = {"paho", "pydantic", "numpy", "cv2", "serial", "pymodbus", "cryptography"}
     ours = set(PACKAGES) - {"protocol"}
@@ -208,3 +209,47 @@ def test_decode_needs_only_the_base_install(tmp_path):
     proc = _wardgate_without(gateway_deps, "decode", str(payload))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["source"] == "n07/smoke"
+
+
+# --- one MQTT connection policy -------------------------------------------------------------------
+
+# Files that may build a paho client themselves, each with its reason. Everything else connects
+# through protocol/mqtt.py (Endpoint, new_client, Connection).
+PAHO_CLIENT_ALLOWED = {
+    "protocol/mqtt.py": "the connection policy itself",
+    "bench/uplink.py": "the plain paho baseline publisher and the measuring subscriber/operator",
+    "bench/fire_path.py": "the measuring subscriber stays plain whatever the policy does",
+}
+_CLIENT_CALL = re.compile(r"\bClient\(\s*(?:\n\s*)?callback_api_version|\bmqtt\.Client\(")
+
+
+def test_every_mqtt_client_is_built_by_the_connection_policy():
+    offenders = []
+    for path in sorted(REPO.rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith((".", "build/")) or "/." in rel or rel in PAHO_CLIENT_ALLOWED:
+            continue
+        if rel == "tests/test_structure.py":
+            continue  # this test names the pattern
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if _CLIENT_CALL.search(text):
+            offenders.append(rel)
+        elif "reconnect_delay_set(" in text and not rel.startswith("tests/"):
+            offenders.append(rel)  # (a test may tune a paho_reconnect peer of the policy)
+    assert offenders == [], (
+        f"{offenders} build paho clients themselves: use protocol.mqtt.new_client or "
+        "Connection (or allow-list the file in PAHO_CLIENT_ALLOWED with a reason)"
+    )
+
+
+def test_one_backoff():
+    """Retry loops wait with protocol.retry.Backoff; no other backoff idiom comes back."""
+    idioms = re.compile(
+        r"^import backoff|\bbackoff\.(expo|full_jitter|random_jitter|on_exception)\b", re.M
+    )
+    offenders = []
+    for package in (*PACKAGES, "tests"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.name != "test_structure.py" and idioms.search(path.read_text("utf-8")):
+                offenders.append(path.relative_to(REPO).as_posix())
+    assert offenders == []

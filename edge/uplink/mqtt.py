@@ -8,31 +8,29 @@ and concurrent writers corrupt a TLS stream (seen: "Protocol error" disconnects)
 Each connection's state lives in one `_Link` with an epoch: callbacks and sender writes of an old
 connection are dropped, only outbox rows enter the acknowledgement map, and the window honours the
 broker's Receive Maximum (issue 8).
-Reconnects use capped exponential backoff with full jitter (the `backoff` package). The session
-is persistent (clean_start=False, a session expiry), so commands sent while we were away wait.
+The client itself (TLS, credentials, TCP_NODELAY, CONNECT properties, reason-code hints) comes from
+the one connection policy, protocol/mqtt.py; reconnects wait the one backoff (protocol/retry.py:
+capped exponential, full jitter). The session is persistent (clean_start=False, a session
+expiry), so commands sent while we were away wait.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import backoff
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.clock import mono_s
-from edge.config import UplinkSection, read_password
+from edge.config import UplinkSection
 from edge.uplink.outbox import (
     Outbox,
     OutboxError,
@@ -41,7 +39,9 @@ from edge.uplink.outbox import (
     expired,
     remaining_expiry_s,
 )
+from protocol import mqtt as policy
 from protocol.events import Event, Lane, now_ms
+from protocol.retry import Backoff
 from protocol.topics import GatewayTopics
 
 log = logging.getLogger("wardgate.uplink")
@@ -202,57 +202,28 @@ class Uplink:
 
     # --- connection ------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
+        # one client per connection, paho's reconnect off: the loop below owns reconnects;
+        # the password file is read per connection (a missing secret is an uplink fault)
+        client = policy.new_client(self.endpoint)
         client.max_inflight_messages_set(0)  # set from the CONNACK's Receive Maximum
         client.max_queued_messages_set(0)
-        if self.cfg.username:
-            try:  # read per connection: a missing secret is an uplink fault, not a dead gateway
-                password = read_password(self.cfg)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise _SetupError(
-                    f"uplink.password_file: cannot read it ({exc}); alarms are kept in the "
-                    "outbox until it is fixed"
-                ) from None
-            client.username_pw_set(self.cfg.username, password)
-        if self.cfg.tls is not None:
-            try:
-                client.tls_set_context(self._tls_context())
-            except (OSError, ssl.SSLError) as exc:
-                raise _SetupError(
-                    f"uplink.tls: cannot load the CA, certificate or key ({exc}); "
-                    "check the paths and their permissions"
-                ) from None
         client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.on_socket_open = _no_delay
         return client
 
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.cfg.tls
-        assert tls is not None
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if tls.cert is not None and tls.key is not None:
-            ctx.load_cert_chain(str(tls.cert), str(tls.key))
-        return ctx
+    @property
+    def endpoint(self) -> policy.Endpoint:
+        return endpoint_of(self.cfg, self.client_id)
 
-    def _backoff_delays(self) -> Iterator[float]:
-        delays = backoff.expo(
-            base=2, factor=self.cfg.backoff_initial_s, max_value=self.cfg.backoff_max_s
-        )
-        next(delays)  # backoff's generators are primed with one next()
-        return delays
+    def _backoff_delays(self) -> Backoff:
+        return self.endpoint.backoff()
 
     def _connection_loop(self) -> None:
         delays = self._backoff_delays()
+        endpoint = self.endpoint
         while not self._stop.is_set():
             link: _Link | None = None
             try:
@@ -262,16 +233,7 @@ class Uplink:
                     link = _Link(self._epoch, client, self.cfg.max_inflight)
                     self._link = link
                 client.user_data_set(link)
-                props = _properties(
-                    PacketTypes.CONNECT, SessionExpiryInterval=self.cfg.session_expiry_s
-                )
-                client.connect(
-                    self.cfg.host,
-                    self.cfg.port,
-                    keepalive=self.cfg.keepalive_s,
-                    clean_start=False,
-                    properties=props,
-                )
+                policy.connect(client, endpoint)
                 client.loop_start()
                 try:
                     while not link.down.wait(0.5) and not self._stop.is_set():
@@ -280,17 +242,10 @@ class Uplink:
                     if self._stop.is_set() and link.up:
                         client.disconnect()
                     client.loop_stop()
-            except _SetupError as exc:
-                self._error(str(exc))
-            except ssl.SSLCertVerificationError as exc:
-                self._error(
-                    f"TLS: the broker's certificate is not trusted by uplink.tls.ca "
-                    f"({exc.verify_message}); check the CA file and the broker name"
-                )
-            except ssl.SSLError as exc:
-                self._error(f"TLS handshake with {self.cfg.host}:{self.cfg.port} failed: {exc}")
-            except OSError as exc:
-                self._error(f"cannot reach broker {self.cfg.host}:{self.cfg.port}: {exc}")
+            except policy.ConnectError as exc:
+                self._error(f"{exc}; alarms are kept in the outbox until it is fixed")
+            except OSError as exc:  # TLS (ssl.SSLError) and the network
+                self._error(policy.explain_error(exc, endpoint))
             except Exception as exc:  # never let the uplink thread die
                 log.exception("uplink connection loop error")
                 self._error(f"unexpected uplink error: {exc!r}")
@@ -301,9 +256,9 @@ class Uplink:
             if self._stop.is_set():
                 break
             if self._connected_ok_once:
-                delays = self._backoff_delays()
+                delays.reset()
                 self._connected_ok_once = False
-            delay = backoff.full_jitter(next(delays))
+            delay = delays.next()
             log.info("reconnecting to %s:%s in %.1f s", self.cfg.host, self.cfg.port, delay)
             self._stop.wait(delay)
 
@@ -318,13 +273,9 @@ class Uplink:
         if link is not self._link:
             return  # a late callback of a previous connection
         if reason_code.is_failure:
-            hint = ""
-            if reason_code.value in (0x86, 0x87, 0x8C):
-                hint = (
-                    " (check uplink.username and uplink.password / password_file, "
-                    "or the client certificate)"
-                )
-            self._error(f"broker refused the connection: {reason_code}{hint}")
+            self._error(
+                f"broker refused the connection: {policy.explain(reason_code, self.endpoint)}"
+            )
             link.down.set()
             return
         # MQTT 5 3.2.2.3.3: no more unacknowledged QoS 1/2 PUBLISHes than the broker's Receive
@@ -358,7 +309,7 @@ class Uplink:
             link.up = False
         link.down.set()
         if link is self._link and not self._stop.is_set():
-            log.warning("disconnected from broker: %s", reason_code)
+            policy.log_reason(log, "disconnected from broker", reason_code, self.endpoint)
 
     def _on_publish(self, client, link: _Link, mid, reason_code, properties) -> None:
         """A PUBACK (or, for QoS 0, a write) for message id `mid`: only a hint for the sender,
@@ -489,16 +440,31 @@ class Uplink:
         return True
 
 
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Disable Nagle's algorithm: with small command replies and PUBACKs in flight, an alarm's
-    PUBLISH otherwise waits for the broker's delayed ACK (measured: alarm p50 2 -> 25 ms under
-    200 commands/s). paho does not set TCP_NODELAY itself."""
-    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. a unix socket)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _SetupError(Exception):
-    """Our own configuration stops the connection (not the network): say what to fix."""
+def endpoint_of(cfg: UplinkSection, client_id: str) -> policy.Endpoint:
+    """The uplink's endpoint on the connection policy: a persistent session (clean_start false,
+    the config's session expiry) and the config's reconnect backoff."""
+    tls = None
+    if cfg.tls is not None:
+        tls = policy.Tls(
+            ca=cfg.tls.ca,
+            cert=cfg.tls.cert if cfg.tls.key is not None else None,
+            key=cfg.tls.key if cfg.tls.cert is not None else None,
+        )
+    return policy.Endpoint(
+        host=cfg.host,
+        port=cfg.port,
+        tls=tls,
+        username=cfg.username,
+        password=cfg.password,
+        password_file=cfg.password_file,
+        client_id=client_id,
+        keepalive_s=cfg.keepalive_s,
+        clean_start=False,
+        session_expiry_s=cfg.session_expiry_s,
+        backoff_initial_s=cfg.backoff_initial_s,
+        backoff_max_s=cfg.backoff_max_s,
+        setting="uplink",
+    )
 
 
 def _limit_inflight(client: mqtt.Client, receive_max: int) -> None:

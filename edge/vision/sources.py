@@ -22,15 +22,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import backoff
 import cv2
 import numpy as np
 
 from edge.clock import mono_s
 from edge.vision.config import CameraConfig
+from protocol.retry import Backoff
 
 # FFmpeg options reach OpenCV only through this process-wide variable, read when a capture opens.
 _FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -240,16 +239,14 @@ class FrameSource:
                 break
             else:
                 self.failures += 1
-            delay = backoff.random_jitter(next(delays))
+            delay = delays.next()
             self.log.info("reconnecting in %.1f s (%s)", delay, self.last_error or "stream ended")
             self._stop.wait(delay)
         if gen != self._gen:
             self.log.info("abandoned capture thread ended")
 
-    def _delays(self) -> Iterator[float]:
-        gen = backoff.expo(factor=self.cam.reconnect_initial_s, max_value=self.cam.reconnect_max_s)
-        next(gen)  # backoff's generators are primed with one next()
-        return gen  # type: ignore[return-value]
+    def _delays(self) -> Backoff:
+        return Backoff(self.cam.reconnect_initial_s, self.cam.reconnect_max_s)
 
     def _open(self, gen: int) -> cv2.VideoCapture | None:
         try:
