@@ -224,7 +224,7 @@ def test_node_across_the_ticks_wrap_and_12_days_of_uptime(tmp_path):
 
         r.pipeline._on_heartbeat = record
 
-        def heartbeat_at_least(uptime_s: int, timeout: float = 5.0) -> None:
+        def heartbeat_at_least(uptime_s: int, timeout: float = 15.0) -> None:
             """A new heartbeat (from now on) says the node has been up this long."""
             with seen:
                 n = len(uptimes)

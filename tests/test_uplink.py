@@ -440,3 +440,18 @@ def test_uplink_socket_has_nagle_off(tmp_path, broker):
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         gw.stop(flush_timeout=0)
+
+
+def test_tls_server_name_is_the_name_checked_on_the_broker_certificate(tmp_path, broker, pki):
+    """uplink.tls.server_name (documented) was ignored: the certificate was checked against
+    `host`. The test broker's certificate names localhost and 127.0.0.1, not broker.example."""
+    text = gateway_config_text(broker, tmp_path, tls=(pki.ca_path,))
+    text = text.replace("[uplink.tls]\n", '[uplink.tls]\nserver_name = "broker.example"\n')
+    gw = Gateway(config.load(write_config(tmp_path, text)))
+    gw.start()
+    try:
+        time.sleep(2)
+        assert not gw.uplink.connected
+        assert "broker.example" in gw.uplink.last_error, gw.uplink.last_error
+    finally:
+        gw.stop(flush_timeout=0)

@@ -449,6 +449,7 @@ def endpoint_of(cfg: UplinkSection, client_id: str) -> policy.Endpoint:
             ca=cfg.tls.ca,
             cert=cfg.tls.cert if cfg.tls.key is not None else None,
             key=cfg.tls.key if cfg.tls.cert is not None else None,
+            server_name=cfg.tls.server_name,  # documented in docs/config.md; was ignored
         )
     return policy.Endpoint(
         host=cfg.host,
