@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import clock
 from edge.pipeline import NotAccepted, Pipeline
-from protocol.events import Event, Kind
+from protocol.events import Event, Kind, now_ms
 
 if TYPE_CHECKING:
     from edge.runtime import Gateway
@@ -136,13 +136,13 @@ class AckSupervisor(Pipeline):
             " (boot_id = ? AND mono_ms IS NOT NULL AND mono_ms <= ?)"
             " OR ((boot_id IS NULL OR boot_id != ? OR mono_ms IS NULL)"
             "     AND (committed_ms <= ? OR ? >= ?)))",
-            (boot, now_mono - timeout_ms, boot, clock.wall_ms() - timeout_ms, now_mono, timeout_ms),
+            (boot, now_mono - timeout_ms, boot, now_ms() - timeout_ms, now_mono, timeout_ms),
         )
 
     def _age_s(self, committed_ms: int, boot: str | None, mono: int | None) -> int:
         if boot == clock.boot_id() and mono is not None:
             return round((clock.mono_ms() - mono) / 1000)
-        return round(max(clock.wall_ms() - committed_ms, clock.mono_ms()) / 1000)
+        return round(max(now_ms() - committed_ms, clock.mono_ms()) / 1000)
 
     def check(self) -> None:
         with self._lock:
