@@ -73,23 +73,20 @@ def test_a_missing_part_ends_the_demo_with_1_naming_it_and_how_to_get_it(tmp_pat
         "import sys; sys.executable = '/nonexistent/bin/python'; "
         "from edge.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, "demo", "--duration", "5", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=env,
-    )
+
+    def demo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, "demo", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    res = demo("--duration", "5", "--plain")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "sensor node: no `micropython` binary" in res.stderr and "--without node" in res.stderr
     assert "enrolling" not in res.stdout  # nothing started
-    ok = subprocess.run(
-        [sys.executable, "-c", code, "demo", "--check", "--without", "node"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=env,
-    )
+    ok = demo("--check", "--without", "node")
     assert ok.returncode == 0 and "left out: node" in ok.stdout, ok.stderr
