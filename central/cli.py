@@ -1,75 +1,163 @@
-"""`wardgate alarms`: the fire brigade's receiver (central/receiver.py).
+"""The operations center's commands: `wardgate central run|user|check-config`, `wardgate alarms`.
 
-Cheap to import: paho and the receiver load inside the handler.
+Cheap to import: the store, paho and the web stack load inside the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import logging
+import signal
 import sys
 from pathlib import Path
 
-from edge.cli import EXIT_USAGE
+from edge.cli import EXIT_CONFIG, EXIT_USAGE
+
+log = logging.getLogger("wardgate.central")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "alarms",
-        help="fire-brigade receiver: live alarms, acknowledgements, gateway liveness",
+        "central",
+        help="the operations center: ingest, store, dispatchers' console (docs/console.md)",
     )
-    p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--username")
-    p.add_argument("--password-file", type=Path, help="file holding the password")
-    p.add_argument("--ca", type=Path, help="CA certificate: enables TLS")
-    p.add_argument("--cert", type=Path, help="client certificate")
-    p.add_argument("--key", type=Path, help="client key")
-    p.add_argument("--server-name", help="the name the broker's certificate carries, if not --host")
-    p.add_argument("--prefix", default="wg/v1")
-    p.add_argument("--district", default="+", help="one district, or + for all")
-    p.add_argument("--group", default="brigade", help="shared-subscription group")
-    p.add_argument("--name", default="receiver", help="this receiver's id (MQTT client id)")
-    p.add_argument("--audit", type=Path, help="append-only audit log (JSON lines)")
-    p.add_argument("--webhook", help="POST each alarm and fault as JSON to this URL")
-    p.add_argument("--supervision-s", type=float, default=90.0, help="silent gateway after")
-    p.add_argument("--json", action="store_true", help="JSON lines on stdout, no live view")
-    p.add_argument("--duration", type=float, default=0, help="stop after N seconds")
-    p.set_defaults(func=cmd_alarms)
+    csub = p.add_subparsers(dest="central_command", required=True)
+
+    run = csub.add_parser("run", help="ingest + store + web console (+ webhook, SIA DC-09)")
+    run.add_argument("--config", type=Path, help="central.toml (default: built-in defaults)")
+    run.add_argument("--db", help="store URL: sqlite:///PATH or postgresql://... (overrides)")
+    run.add_argument("--bind", help="console bind address (overrides console.bind)")
+    run.add_argument("--port", type=int, help="console port (overrides console.port)")
+    run.add_argument("--no-console", action="store_true", help="ingest only (no web server)")
+    run.add_argument("--duration", type=float, default=0, help="stop after N seconds")
+    run.set_defaults(func=cmd_run)
+
+    check = csub.add_parser("check-config", help="validate central.toml; exit 3 on errors")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(func=cmd_check)
+
+    user = csub.add_parser("user", help="console accounts")
+    usub = user.add_subparsers(dest="user_command", required=True)
+    add = usub.add_parser("add", help="create or update a console account (asks the password)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("viewer", "dispatcher", "supervisor"), required=True)
+    add.add_argument("--display-name", help="shown on every screen (default: the name)")
+    add.add_argument("--password-file", type=Path, help="read the password from this file")
+    add.add_argument("--config", type=Path)
+    add.add_argument("--db", help="store URL (overrides the config's)")
+    add.set_defaults(func=cmd_user_add)
+
+    alarms = sub.add_parser(
+        "alarms",
+        help="the console's queue in a terminal (reads the store; never subscribes)",
+    )
+    alarms.add_argument("--config", type=Path)
+    alarms.add_argument("--db", help="store URL (overrides the config's)")
+    alarms.add_argument("--json", action="store_true", help="JSON lines, no live view")
+    alarms.add_argument("--duration", type=float, default=0, help="stop after N seconds")
+    alarms.set_defaults(func=cmd_alarms)
+
+
+def _config(args: argparse.Namespace):
+    from central.config import load
+    from edge.confbase import ConfigError
+
+    try:
+        cfg = load(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"wardgate central: {exc.path}: configuration errors:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    changes: dict = {}
+    if getattr(args, "db", None):
+        changes["store"] = cfg.store.model_copy(update={"url": args.db})
+    console = {}
+    if getattr(args, "bind", None):
+        console["bind"] = args.bind
+    if getattr(args, "port", None) is not None:
+        console["port"] = args.port
+    if console:
+        changes["console"] = cfg.console.model_copy(update=console)
+    return cfg.model_copy(update=changes) if changes else cfg
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    print(f"{args.config}: ok (store {cfg.store.url}, broker {cfg.broker.host}:{cfg.broker.port})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from central.service import CentralService
+    from central.store import StoreError
+
+    try:
+        service = CentralService(cfg, config_dir=args.config.parent if args.config else None)
+    except (StoreError, OSError) as exc:
+        print(f"wardgate central: cannot open the store {cfg.store.url}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def interrupt(signum, frame):
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    service.start(console=not args.no_console)
+    if not args.no_console:
+        try:
+            port = service.wait_console()
+            scheme = "https" if cfg.console.tls_cert else "http"
+            log.warning("console on %s://%s:%d/", scheme, cfg.console.bind, port)
+        except TimeoutError:
+            log.error("the console did not start (port %s in use?)", cfg.console.port)
+            service.stop()
+            return 1
+    code = service.wait(args.duration)
+    service.stop()
+    return code
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from central.accounts import add_user
+    from central.store import Store
+
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"wardgate central user add: --password-file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            print("the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    if len(password) < 8:
+        print("a console password has at least 8 characters", file=sys.stderr)
+        return EXIT_USAGE
+    store = Store(cfg.store.url)
+    try:
+        add_user(store, args.name, args.role, args.display_name or args.name, password)
+    finally:
+        store.close()
+    print(f"{args.name}: {args.role}")
+    return 0
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:
-    import signal
+    cfg = _config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from central.screen import run_screen
 
-    from central.receiver import ReceiverOptions, run_receiver
-
-    password = None
-    if args.password_file is not None:
-        try:
-            password = args.password_file.read_text().strip()
-        except OSError as exc:
-            print(f"wardgate alarms: --password-file: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    opts = ReceiverOptions(
-        host=args.host,
-        port=args.port,
-        username=args.username,
-        password=password,
-        password_file=args.password_file,  # read again on every reconnect
-        ca=args.ca,
-        cert=args.cert,
-        key=args.key,
-        server_name=args.server_name,
-        prefix=args.prefix,
-        district=args.district,
-        group=args.group,
-        name=args.name,
-        audit=args.audit,
-        webhook=args.webhook,
-        supervision_s=args.supervision_s,
-    )
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    return run_receiver(opts, json_lines=args.json, duration=args.duration)
+    return run_screen(cfg.store.url, json_lines=args.json, duration=args.duration)

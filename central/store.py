@@ -309,8 +309,13 @@ class Store:
             return cur.fetchone()[0] or 0
 
     # --- ingest ----------------------------------------------------------------------------
-    def ingest(self, items: Sequence[tuple[str, Event, int]]) -> list[Ingested]:
-        """Store a batch of (site "d/w/g", event, received_ms) in one durable transaction.
+    def ingest(
+        self,
+        items: Sequence[tuple[str, Event, int]],
+        quarantine: Sequence[tuple[str, bytes, str, int]] = (),
+    ) -> list[Ingested]:
+        """Store a batch of (site "d/w/g", event, received_ms), and of payloads that did not
+        decode (topic, raw bytes, reason, received_ms), in one durable transaction.
 
         Duplicates (the id is already stored: a redelivery, or a second ingest instance) come
         back with `new` False and change nothing. Returns one result per item, in order.
@@ -319,6 +324,8 @@ class Store:
         with self.transaction() as cur:
             for site, event, received_ms in items:
                 results.append(self._ingest_one(cur, site, event, received_ms))
+            for topic, payload, reason, received_ms in quarantine:
+                self._quarantine(cur, topic, payload, reason, received_ms)
         return results
 
     def _ingest_one(self, cur: _Cursor, site: str, event: Event, received_ms: int) -> Ingested:
@@ -433,10 +440,15 @@ class Store:
     def quarantine(self, topic: str, payload: bytes, reason: str, received_ms: int) -> int:
         """Keep a payload that did not decode: raw bytes, topic, time and reason."""
         with self.transaction() as cur:
-            return cur.insert_returning_id(
-                "INSERT INTO quarantine (received_ms, topic, reason, payload) VALUES (?, ?, ?, ?)",
-                (received_ms, topic[:1024], reason[:1024], bytes(payload)),
-            )
+            return self._quarantine(cur, topic, payload, reason, received_ms)
+
+    def _quarantine(
+        self, cur: _Cursor, topic: str, payload: bytes, reason: str, received_ms: int
+    ) -> int:
+        return cur.insert_returning_id(
+            "INSERT INTO quarantine (received_ms, topic, reason, payload) VALUES (?, ?, ?, ?)",
+            (received_ms, topic[:1024], reason[:1024], bytes(payload)),
+        )
 
     def quarantined(self, limit: int = 100) -> tuple[int, list[dict[str, Any]]]:
         with self.transaction() as cur:

@@ -189,6 +189,12 @@ class AckSupervisor(Pipeline):
         except OSError as exc:
             self.set_state("degraded", f"cannot drive {self.cfg.output}: {exc}")
 
+    def pending_ids(self) -> set[str]:
+        """The alarms still waiting for a receiver's acknowledgement (the demo shows them)."""
+        with self._lock:
+            rows = self._outbox.sql("SELECT event_id FROM pending_acks WHERE acked = 0")
+        return {row[0] for row in rows}
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             pending = self._outbox.sql("SELECT count(*) FROM pending_acks WHERE acked = 0")[0][0]

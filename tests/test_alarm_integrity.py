@@ -24,6 +24,7 @@ from edge import config, runtime
 from edge.pipeline import NotAccepted, Pipeline
 from edge.runtime import Gateway
 from protocol import retry
+from tests.central_support import CentralProcess
 from tests.harness import (
     GatewayProcess,
     SteppedClock,
@@ -32,7 +33,6 @@ from tests.harness import (
     write_config,
 )
 from tests.serial_support import Running, events, wait
-from tests.test_receiver import ReceiverProcess
 from tests.test_serial_nodes import NODE, serial_ctx
 
 
@@ -105,7 +105,7 @@ def test_a_flood_of_300_reloads_neither_delays_nor_drops_alarm_acknowledgements(
     text = gateway_config_text(broker, tmp_path, extra="[alarm_ack]\ntimeout_s = 3\n")
     path = write_config(tmp_path, text)
     gw = Gateway(config.load(path), config_path=path)
-    rx = ReceiverProcess(broker, tmp_path).start()
+    rx = CentralProcess(broker, tmp_path).start()
     watcher = Watcher(broker, client_id="flood-watcher")
     gw.start()
     try:

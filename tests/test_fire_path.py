@@ -1,4 +1,4 @@
-"""Issue 3 end to end: MicroPython node -> pty -> gateway driver -> real Mosquitto -> a receiver
+"""Issue 3 end to end: MicroPython node -> pty -> gateway driver -> real Mosquitto -> central ingest
 process that acknowledges -> the gateway's EN 54-21 supervision sees the acknowledgement."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 from devtools.unix_node import UnixNode
 from edge import config
 from edge.runtime import Gateway
+from tests.central_support import CentralProcess
 from tests.harness import Watcher, gateway_config_text, write_config
-from tests.test_receiver import ReceiverProcess, is_alarm
 from tests.test_serial_nodes import NODE
 
 
@@ -28,7 +28,7 @@ nodes = [7]
     gw = Gateway(
         config.load(write_config(tmp_path, gateway_config_text(broker, tmp_path, extra=extra)))
     )
-    rx = ReceiverProcess(broker, tmp_path).start()
+    rx = CentralProcess(broker, tmp_path).start()
     watcher = Watcher(broker, client_id="fault-watcher")
     with UnixNode(NODE, link=link) as node:
         gw.start()
@@ -41,8 +41,9 @@ nodes = [7]
             node.wait_edge("alarm heat")
             [alarm] = watcher.wait_for_events("alarm")
             assert alarm.source == "n07/heat" and alarm.data["cause"] == "heat"
-            (shown,) = rx.wait_for(is_alarm(alarm.id_hex), what="the heat alarm")
+            shown = rx.wait_event(alarm.id_hex)
             assert shown["site"] == "d01/w01/gw-test-1"
+            assert rx.store.queue()[0]["category"] == "fire"
             deadline = time.monotonic() + 10
             while gw.ack_supervisor.status()["acked"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
