@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "run": ("edge.core_cli", "gateway"),
     "decode": ("edge.core_cli", None),
     "alarms": ("central.cli", "central"),
+    "cmd": ("central.opcmd", "central"),
     "detect": ("edge.vision.cli", "gateway"),
     "serial": ("sensor_drivers.cli", "gateway"),
     "firmware": ("firmware.cli", "firmware"),
