@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
                   f"returns (waiting {args.timeout:g} s)", file=sys.stderr)  # fmt: skip
         started = time.monotonic()
         reply = session.command(location, name, request_args, args.timeout)
+        took_ms = (time.monotonic() - started) * 1000
     finally:
         session.close()
-    took_ms = (time.monotonic() - started) * 1000
     ok = reply.get("ok") is True
     if args.json:
         print(json.dumps(reply, separators=(",", ":"), sort_keys=True))
