@@ -110,7 +110,10 @@ def enroll_demo_fleet(root: Path):
     passphrase = secrets.token_urlsafe(24).encode()
     pki.save_ca(pki.create_ca("wardgate demo fleet CA", 30), fleet.ca_dir, passphrase)
     text = FLEET_TOML_TEMPLATE.format(host="localhost", ca_name="wardgate demo fleet CA")
-    write_file(fleet.settings_path, text.replace("alt_names = []", 'alt_names = ["127.0.0.1"]'))
+    text = text.replace("alt_names = []", 'alt_names = ["127.0.0.1"]')
+    # the demo's operator view and its test-alarm command: an operator of the demo district
+    text += f'\n[[accounts.operator]]\nname = "ops"\ndistricts = ["{DEMO_DISTRICT}"]\n'
+    write_file(fleet.settings_path, text)
     inventory = root / "inventory.csv"
     inventory.write_text(INVENTORY)
     Enroller(fleet, lambda: passphrase).run(load(inventory))

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "decode": ("edge.core_cli", None),
     "alarms": ("central.cli", "central"),
     "central": ("central.cli", "central"),
+    "cmd": ("central.opcmd", "central"),
     "detect": ("edge.vision.cli", "gateway"),
     "serial": ("sensor_drivers.cli", "gateway"),
     "firmware": ("firmware.cli", "firmware"),

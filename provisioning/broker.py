@@ -5,9 +5,12 @@ be rebuilt and a rerun writes the same bytes.
 
 Who may do what (topic tree: protocol/topics.py, docs/topics.md):
   gateway    writes its own state, evt/#, tele, snap/#, cmd/res; reads its own cmd/# and ack
-  receiver   reads evt/alarm, evt/fault and state of its district(s); writes ack there
-  operator   reads everything in its district(s) ('*' = all); writes cmd/<name> there, for
-             each command a gateway answers (never cmd/res: see COMMANDS)
+  receiver   the operations center's ingest: reads evt/alarm, evt/fault, evt/smoke, state, tele
+             and snap/+ of its district(s); writes ack there
+  operator   one person: reads everything in its district(s) ('*' = all); writes cmd/<name>
+             there, for each command a gateway answers (never cmd/res: see COMMANDS)
+  backend    an integrator, read-only: evt/#, state, tele and snap/+ of its district(s)
+             ('*' = all); writes nothing
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from provisioning.fleet import FleetSettings
 if TYPE_CHECKING:
     from provisioning.inventory import Inventory
 
-ROLES = ("gateway", "receiver", "operator")
+ROLES = ("gateway", "receiver", "operator", "backend")
+
+#: what each account role reads below a gateway of its districts (the operator: everything)
+RECEIVER_READS = ("evt/alarm", "evt/fault", "evt/smoke", "state", "tele", "snap/+")
+BACKEND_READS = ("evt/#", "state", "tele", "snap/+")
 
 #: Operators are granted write on exactly these `cmd/<name>` topics, not on `cmd/#`: Mosquitto's
 #: ACL cannot take one topic (cmd/res, the gateways' answers) out of a write grant without also
@@ -46,7 +53,7 @@ RECEIVER_PREFIX = "rx-"
 @dataclasses.dataclass(frozen=True)
 class Account:
     name: str
-    role: str  # receiver | operator
+    role: str  # receiver | operator | backend
     districts: tuple[str, ...]
 
 
@@ -59,7 +66,7 @@ class GatewayEntry:
 
 
 def wanted_accounts(settings: FleetSettings, districts: Iterable[str]) -> list[Account]:
-    """The receiver and operator accounts that fleet.toml and the inventory ask for."""
+    """The receiver, operator and backend accounts that fleet.toml and the inventory ask for."""
     accounts: dict[str, Account] = {}
     cfg = settings.accounts
     if cfg.receiver_per_district:
@@ -69,6 +76,8 @@ def wanted_accounts(settings: FleetSettings, districts: Iterable[str]) -> list[A
         accounts[rx.name] = Account(rx.name, "receiver", tuple(rx.districts))
     for op in cfg.operator:
         accounts[op.name] = Account(op.name, "operator", tuple(op.districts))
+    for be in cfg.backend:
+        accounts[be.name] = Account(be.name, "backend", tuple(be.districts))
     return sorted(accounts.values(), key=lambda a: a.name)
 
 
@@ -82,14 +91,18 @@ def name_problems(settings: FleetSettings, inventory: Inventory, settings_path: 
     toml_lines = _account_lines(settings_path)
     roles: dict[str, list[tuple[str, int | None]]] = {}
     for role, entries in (("receiver", settings.accounts.receiver),
-                          ("operator", settings.accounts.operator)):  # fmt: skip
+                          ("operator", settings.accounts.operator),
+                          ("backend", settings.accounts.backend)):  # fmt: skip
         for entry in entries:
             roles.setdefault(entry.name.lower(), []).append((role, toml_lines.get(entry.name)))
     for name, uses in sorted(roles.items()):
         where = ", ".join(f"{settings_path}:{line}" for _, line in uses if line) or settings_path
         kinds = sorted({role for role, _ in uses})
         if len(kinds) > 1:
-            problems.append(f"{where}: account name {name!r} is both an operator and a receiver; "
+            named = [f"{'an' if k[0] in 'aeiou' else 'a'} {k}" for k in kinds]
+            roles_text = ("both " if len(named) == 2 else "") + (
+                ", ".join(named[:-1]) + " and " + named[-1])  # fmt: skip
+            problems.append(f"{where}: account name {name!r} is {roles_text}; "
                             "each account needs its own name")  # fmt: skip
         elif len(uses) > 1:
             problems.append(f"{where}: {kinds[0]} account name {name!r} is given twice")
@@ -161,10 +174,10 @@ def render_acl(
         for district in account.districts:
             d = "+" if district == "*" else district
             if account.role == "receiver":
-                out.append(f"topic read {district_filter(prefix, d, 'evt/alarm')}")
-                out.append(f"topic read {district_filter(prefix, d, 'evt/fault')}")
-                out.append(f"topic read {district_filter(prefix, d, 'state')}")
+                out += [f"topic read {district_filter(prefix, d, leaf)}" for leaf in RECEIVER_READS]
                 out.append(f"topic write {district_filter(prefix, d, 'ack')}")
+            elif account.role == "backend":
+                out += [f"topic read {district_filter(prefix, d, leaf)}" for leaf in BACKEND_READS]
             elif account.role == "operator":
                 out.append(f"topic read {prefix}/{d}/#")
                 out += [f"topic write {district_filter(prefix, d, 'cmd/' + c)}" for c in commands]
@@ -232,7 +245,7 @@ def render_mosquitto_conf(
             "use_username_as_clientid true",
             "tls_version tlsv1.2",
             "",
-            "# Fire-brigade receivers, operators (and gateways without a certificate): TLS with a",
+            "# Receivers, operators, backends (and gateways without a certificate): TLS with a",
             "# server certificate, then username and password from the password file.",
             f"listener {password_port or b.password_port}{where}",
             *tls,

@@ -5,7 +5,7 @@ wifi-psk.toml          Wi-Fi passphrases by SSID (0600, optional; never in the i
 registry.sqlite3       enrollment registry and audit log
 ca/                    ca.crt, ca.key (encrypted with the CA passphrase), crl.pem
 broker/                everything the broker host needs (see docs/provisioning.md)
-accounts/<name>.password   receiver and operator passwords (0600)
+accounts/<name>.password   receiver, operator and backend passwords (0600)
 bundles/<id>/          per-gateway bundle; bundles/<id>.tar.gz the same as one file
 """
 
@@ -20,10 +20,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field
 
 from edge.confbase import Section, TopicSegment
-from protocol.topics import DEFAULT_PREFIX
+from protocol.topics import DEFAULT_PREFIX, check_segment
 from provisioning.passwd import DEFAULT_ITERATIONS, MAX_ITERATIONS
 
 PASSPHRASE_ENV = "WARDGATE_CA_PASSPHRASE"
@@ -61,19 +61,30 @@ class ReceiverAccount(Section):
     districts: list[TopicSegment] = Field(min_length=1)
 
 
+def _district_or_star(value: str) -> str:
+    return value if value == "*" else check_segment(value)
+
+
+#: a district, or "*" for all of them
+DistrictOrStar = Annotated[str, AfterValidator(_district_or_star)]
+
+
 class OperatorAccount(Section):
+    """One person at the operations center who sends commands (`wardgate cmd`): reads the whole
+    subtree of its districts, writes the commands gateways answer there. One account per person,
+    so the broker's log and the gateways' answers name who did it; `districts` is required
+    (write `["*"]` for the whole city on purpose, never by default)."""
+
     name: TopicSegment
-    districts: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    districts: list[DistrictOrStar] = Field(min_length=1)
 
-    @field_validator("districts")
-    @classmethod
-    def _district_or_star(cls, value: list[str]) -> list[str]:
-        from protocol.topics import check_segment
 
-        for district in value:
-            if district != "*":
-                check_segment(district)
-        return value
+class BackendAccount(Section):
+    """An integrator's read-only account: events, state, telemetry and snapshots of its
+    districts; it may write nothing."""
+
+    name: TopicSegment
+    districts: list[DistrictOrStar] = Field(min_length=1)
 
 
 def _command_name(name: str) -> str:
@@ -90,7 +101,10 @@ class AccountSettings(Section):
     gateway_passwords: bool = Field(True, description="also give each gateway a password")
     receiver_per_district: bool = Field(True, description="an `rx-<district>` account each")
     receiver: list[ReceiverAccount] = Field(default_factory=list)
-    operator: list[OperatorAccount] = Field(default_factory=lambda: [OperatorAccount(name="ops")])
+    operator: list[OperatorAccount] = Field(
+        default_factory=list, description="per-person command accounts (none by default)"
+    )
+    backend: list[BackendAccount] = Field(default_factory=list, description="read-only accounts")
     extra_commands: list[CommandName] = Field(
         default_factory=list,
         description="commands operators may send besides the built-in ones (broker.COMMANDS)",
@@ -137,12 +151,19 @@ crl_days = 30                # re-run `wardgate provision crl` before this runs 
 
 [accounts]
 password_iterations = 101    # see docs/provisioning.md, "Password hashes"
-receiver_per_district = true # rx-<district>: reads that district's alarms and faults
+receiver_per_district = true # rx-<district>: the operations center's ingest for that district
 # extra_commands = []        # commands operators may send besides the gateway's built-in ones
 
-[[accounts.operator]]
-name = "ops"
-districts = ["*"]
+# One operator account per person who sends commands (`wardgate cmd`), scoped to the
+# districts they answer for ("*" = all of them). A new fleet has none.
+# [[accounts.operator]]
+# name = "anna.k"
+# districts = ["d03"]
+
+# Read-only accounts for integrators: events, state, telemetry, snapshots of their districts.
+# [[accounts.backend]]
+# name = "police-records"
+# districts = ["d03", "d04"]
 
 [device]
 admin_user = "wgadmin"

@@ -24,11 +24,21 @@ C = "wg/v1/d02/w1/gw-c"
 
 
 EXTRA_COMMAND = "fw-update"  # one a newer gateway might answer, granted in fleet.toml
+#: per-person operators scoped to a district, and an integrator's read-only account (issue 9)
+ACCOUNTS = """
+[[accounts.operator]]
+name = "anna.k"
+districts = ["d01"]
+
+[[accounts.backend]]
+name = "records"
+districts = ["d01"]
+"""
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    fleet = make_fleet(tmp_path_factory.mktemp("fleet"))
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"), settings_extra=ACCOUNTS)
     text = fleet.settings_path.read_text()
     assert "# extra_commands = []" in text
     text = text.replace("# extra_commands = []", f'extra_commands = ["{EXTRA_COMMAND}"]')
@@ -196,8 +206,10 @@ def test_no_write_grant_covers_cmd_res_and_extra_commands_cannot_name_it(fleet, 
     }
     assert may_answer == {
         "gw-a": [f"{A}/cmd/res"], "gw-b": [f"{B}/cmd/res"], "gw-c": [f"{C}/cmd/res"],
-        "ops": [], "rx-d01": [], "rx-d02": [],
+        "ops": [], "rx-d01": [], "rx-d02": [], "anna.k": [], "records": [],
     }  # fmt: skip
+    assert "user records" in (fleet.broker_dir / "acl").read_text()
+    assert "records" not in writes["records"] and writes["records"] == []  # writes nothing
     path = tmp_path / "fleet.toml"
     for bad, why in (
         ('["res"]', "cmd/res carries the gateways' answers"),
@@ -208,6 +220,114 @@ def test_no_write_grant_covers_cmd_res_and_extra_commands_cannot_name_it(fleet, 
         with pytest.raises(FleetError, match="accounts.extra_commands") as info:
             load_settings(path)
         assert why in str(info.value) and "fleet.toml:4:" in str(info.value)
+
+
+def _publish_everything(gw: Peer, base: str) -> set[tuple[str, bytes]]:
+    """Every leaf a gateway writes, one message each; returns what was sent."""
+    sent = set()
+    for leaf in ("evt/alarm", "evt/fault", "evt/smoke", "evt/person", "evt/reading", "tele",
+                 "snap/cam1", "state", "cmd/res"):  # fmt: skip
+        payload = f"{leaf}@{base}".encode()
+        assert gw.publish(f"{base}/{leaf}", payload).is_failure is False, leaf
+        sent.add((f"{base}/{leaf}", payload))
+    return sent
+
+
+def _only(sent: set[tuple[str, bytes]], *leaves: str) -> set[tuple[str, bytes]]:
+    return {(t, p) for t, p in sent if any(t.endswith("/" + leaf) for leaf in leaves)}
+
+
+def test_receiver_reads_what_the_operations_center_ingests(fleet, broker, peers):
+    """The receiver (the ingest service) reads alarms, faults, camera smoke, telemetry (gateway
+    liveness), state and snapshots of its district: nothing else, nothing of another district."""
+    rx1 = connect(peers, fleet, broker.password_port, username="rx-d01",
+                  password=account_password(fleet, "rx-d01"))  # fmt: skip
+    rx1.subscribe("wg/v1/#")  # wider than the ACL: the broker filters what it delivers
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_c = connect(peers, fleet, broker.cert_port, gateway="gw-c")
+    sent_a = _publish_everything(gw_a, A)
+    _publish_everything(gw_c, C)
+    got = set(rx1.received())
+    assert got == _only(sent_a, "evt/alarm", "evt/fault", "evt/smoke", "tele", "snap/cam1",
+                        "state")  # fmt: skip
+
+
+def test_receiver_writes_only_acks(fleet, broker, peers):
+    watch = connect(peers, fleet, broker.password_port, username="ops",
+                    password=account_password(fleet, "ops"))  # fmt: skip
+    watch.subscribe("wg/v1/#")
+    rx1 = connect(peers, fleet, broker.password_port, username="rx-d01",
+                  password=account_password(fleet, "rx-d01"))  # fmt: skip
+    assert rx1.publish(f"{A}/ack", b"ack").is_failure is False
+    # (each refusal makes mosquitto 2.0.11 hold the next PUBACK ~1 s: few of them, last)
+    for topic in (f"{A}/cmd/ping", f"{A}/evt/alarm", f"{A}/tele"):
+        code = rx1.publish(topic, b"forged")
+        assert code.is_failure, f"{topic}: a receiver wrote it ({code})"
+    assert watch.received() == [(f"{A}/ack", b"ack")]
+
+
+def test_backend_reads_its_districts_events_and_writes_nothing(fleet, broker, peers):
+    watch = connect(peers, fleet, broker.password_port, username="ops",
+                    password=account_password(fleet, "ops"))  # fmt: skip
+    watch.subscribe("wg/v1/#")
+    backend = connect(peers, fleet, broker.password_port, username="records",
+                      password=account_password(fleet, "records"))  # fmt: skip
+    backend.subscribe("wg/v1/#")
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_c = connect(peers, fleet, broker.cert_port, gateway="gw-c")
+    sent_a = _publish_everything(gw_a, A)
+    sent_c = _publish_everything(gw_c, C)
+    assert set(backend.received()) == _only(sent_a, "evt/alarm", "evt/fault", "evt/smoke",
+                                            "evt/person", "evt/reading", "tele", "snap/cam1",
+                                            "state")  # fmt: skip
+    assert set(watch.received(0.3)) == sent_a | sent_c
+    # QoS 1: refused with a reason code; QoS 0: dropped silently. Either way nobody gets it.
+    for topic in (f"{A}/cmd/ping", f"{A}/ack"):
+        code = backend.publish(topic, b"from-backend")
+        assert code.is_failure, f"{topic}: a backend wrote it ({code})"
+    info = backend.client.publish(f"{A}/evt/alarm", b"from-backend-qos0", qos=0)
+    info.wait_for_publish(5)
+    assert watch.received(0.5) == []
+
+
+def test_operator_commands_its_own_district_only(fleet, broker, peers):
+    gw_a = connect(peers, fleet, broker.cert_port, gateway="gw-a")
+    gw_c = connect(peers, fleet, broker.cert_port, gateway="gw-c")
+    gw_a.subscribe(f"{A}/cmd/#")
+    gw_c.subscribe(f"{C}/cmd/#")
+    anna = connect(peers, fleet, broker.password_port, username="anna.k",
+                   password=account_password(fleet, "anna.k"))  # fmt: skip
+    anna.subscribe("wg/v1/#")
+    assert anna.publish(f"{A}/cmd/ping", b"for-a").is_failure is False
+    assert gw_a.received() == [(f"{A}/cmd/ping", b"for-a")]
+    assert gw_c.publish(f"{C}/state", b"c-online").is_failure is False
+    assert gw_a.publish(f"{A}/cmd/res", b"a-answer").is_failure is False
+    assert anna.received() == [(f"{A}/cmd/ping", b"for-a"), (f"{A}/cmd/res", b"a-answer")]
+    code = anna.publish(f"{C}/cmd/ping", b"for-c")
+    assert code.is_failure, f"an operator of d01 commanded d02 ({code})"
+    assert gw_c.received(0.5) == []
+
+
+def test_new_fleets_have_no_wildcard_operator(tmp_path):
+    """A fleet.toml from `provision init` has no operator; per-person entries need districts."""
+    from provisioning.fleet import FLEET_TOML_TEMPLATE, FleetError, load_settings
+
+    path = tmp_path / "fleet.toml"
+    text = FLEET_TOML_TEMPLATE.format(host="h", ca_name="c")
+    path.write_text(text)
+    assert load_settings(path).accounts.operator == []
+    uncommented = text.replace("# [[accounts.", "[[accounts.").replace("# name = ", "name = ")
+    path.write_text(uncommented.replace("# districts = ", "districts = "))
+    accounts = load_settings(path).accounts
+    assert [(o.name, o.districts) for o in accounts.operator] == [("anna.k", ["d03"])]
+    assert [(b.name, b.districts) for b in accounts.backend] == [("police-records", ["d03", "d04"])]
+    path.write_text('[broker]\nhost = "x"\n[[accounts.operator]]\nname = "anna.k"\n')
+    with pytest.raises(FleetError, match=r"fleet.toml:3.*districts"):
+        load_settings(path)
+    path.write_text('[broker]\nhost = "x"\n[[accounts.backend]]\nname = "b"\n'
+                    'districts = ["d/1"]\n')  # fmt: skip
+    with pytest.raises(FleetError, match="not a valid topic segment"):
+        load_settings(path)
 
 
 def test_passwords_hashed_by_us_are_accepted_and_wrong_ones_refused(fleet, broker, peers):

@@ -31,14 +31,22 @@ gw-c,d02,w1,fire_point,10000000000000c3,,/dev/ttyAMA0=wardnode,ip=10.2.1.5/24;gw
 """
 
 
-def make_fleet(root: Path, inventory: str = INVENTORY, settings_extra: str = "") -> FleetDir:
-    """A fleet directory as `wardgate provision init` leaves it, with a test broker name."""
+#: the fleet-wide operator that `provision init` wrote into every fleet.toml before per-person
+#: operator accounts (issue 9): the tests' fleets are such existing fleets, which keep it
+LEGACY_OPS = '\n[[accounts.operator]]\nname = "ops"\ndistricts = ["*"]\n'
+
+
+def make_fleet(
+    root: Path, inventory: str = INVENTORY, settings_extra: str = "", *, legacy_ops: bool = True
+) -> FleetDir:
+    """A fleet directory as `wardgate provision init` leaves it, with a test broker name (and,
+    unless `legacy_ops=False`, the `ops` operator of fleets made before issue 9)."""
     fleet = FleetDir(root)
     root.mkdir(parents=True, exist_ok=True)
     pki.save_ca(pki.create_ca("wardgate test fleet CA", 60), fleet.ca_dir, PASSPHRASE)
     text = FLEET_TOML_TEMPLATE.format(host="localhost", ca_name="wardgate test fleet CA")
     text = text.replace("alt_names = []", 'alt_names = ["127.0.0.1"]')
-    write_file(fleet.settings_path, text + settings_extra)
+    write_file(fleet.settings_path, text + (LEGACY_OPS if legacy_ops else "") + settings_extra)
     (root / "inventory.csv").write_text(inventory)
     return fleet
 
