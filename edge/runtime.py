@@ -52,7 +52,8 @@ COMMAND_QUEUE = 64
 MAX_RELOAD_WAITERS = 1024
 #: alarm acknowledgements waiting for their thread (each takes well under a millisecond)
 ACK_QUEUE = 10_000
-#: labels the birth message carries at most (a few hundred sensors; keeps `state` near 50 KB)
+#: labels the birth message carries at most (a few hundred sensors; `state` stays below 60 KB
+#: of ASCII text, docs/topics.md)
 MAX_BIRTH_LABELS = 512
 
 
