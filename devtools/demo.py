@@ -41,8 +41,11 @@ DEMO_DISTRICT = "demo"
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CLIP = REPO / "tests" / "data" / "vtest_people.mp4"
 INVENTORY = (
-    "id,district,ward,site_type,hw_serial,cameras,sensors,network\n"
-    f"{DEMO_GATEWAY},{DEMO_DISTRICT},ward-1,fire_point,100000000000d3e0,,,dhcp\n"
+    "id,district,ward,site_type,hw_serial,cameras,sensors,network,"
+    "site_name,address,latitude,longitude,contact_name,contact_phone,access\n"
+    f"{DEMO_GATEWAY},{DEMO_DISTRICT},ward-1,fire_point,100000000000d3e0,,,dhcp,"
+    "Demo fire point,1 Example Street,52.5200,13.4050,Demo caretaker,+49 30 1234-567,"
+    "Key box left of the door\n"
 )
 
 

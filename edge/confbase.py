@@ -33,6 +33,8 @@ class Section(BaseModel):
 
     on_reload: ClassVar[Reload] = "live"
     reload_note: ClassVar[str] = "applied: the affected pipelines restart with the new settings"
+    #: false for a section no pipeline reads ([site]): a live change to it alone restarts none
+    restarts_pipelines: ClassVar[bool] = True
     #: arrays of tables whose entries inherit keys of this section when they do not set them
     #: ([vision] cameras): `check-config --show` names the section's key as their source
     inherited_by_entries: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -83,6 +85,43 @@ def _list_to_tuple(value: Any) -> Any:
 
 #: [x, y] in TOML, a tuple in Python; the items stay strictly typed.
 Pair = BeforeValidator(_list_to_tuple)
+
+# --- human text shown to dispatchers (site, labels): bounded, no control characters ---------
+
+#: a human label of one event source ("kitchen smoke, 2nd floor"): short enough for one row
+LABEL_MAX = 80
+#: one line of site metadata (name, address, contact)
+LINE_MAX = 200
+#: free text of a run card (access, hazards): a few lines
+NOTE_MAX = 1000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline are checked apart
+
+
+def check_text(value: str, limit: int, *, lines: bool = False) -> str:
+    """A human text: not empty, at most `limit` characters, printable; newlines only if `lines`.
+
+    The one rule for text a dispatcher reads (config `[site]`, labels, the inventory's columns)."""
+    if not value.strip():
+        raise ValueError("is empty: give the text, or leave the key out")
+    if len(value) > limit:
+        raise ValueError(f"is {len(value)} characters long; at most {limit}")
+    if not lines and ("\n" in value or "\r" in value):
+        raise ValueError("must be one line (no line breaks)")
+    if "\t" in value or _CONTROL.search(value.replace("\r\n", "\n").replace("\n", "")):
+        raise ValueError("contains a control character (a tab, or an invisible one): remove it")
+    return value
+
+
+def _text(limit: int, lines: bool = False) -> Any:
+    return Annotated[str, AfterValidator(lambda value: check_text(value, limit, lines=lines))]
+
+
+#: a label of an event source (cameras, serial ports' `labels`)
+Label = _text(LABEL_MAX)
+#: one line of human text (site name, address, contact name)
+TextLine = _text(LINE_MAX)
+#: a few lines of human text (run card: access, notes)
+Note = _text(NOTE_MAX, lines=True)
 
 
 M = TypeVar("M", bound=Section)
@@ -280,7 +319,9 @@ class _KeyLines:
     """
 
     _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
+    _PART = r"""(?:"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_\-]+)"""
+    #: `key =`, `a.b =`, `"n07/smoke" =` (quoted parts may hold any character)
+    _KEY = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
 
     def __init__(self, text: str) -> None:
         self.where: dict[tuple[Any, ...], int] = {}
@@ -323,8 +364,16 @@ class _KeyLines:
         return None
 
 
+_KEY_PART = re.compile(r"""\s*("([^"]*)"|'([^']*)'|[^."']+)\s*(?:\.|$)""")
+
+
 def _split_key(key: str) -> list[str]:
-    return [part.strip().strip("\"'") for part in key.split(".")]
+    """`a."b.c".d` -> ["a", "b.c", "d"] (a dot inside quotes is part of the key)."""
+    parts = []
+    for match in _KEY_PART.finditer(key):
+        quoted = match.group(2) if match.group(2) is not None else match.group(3)
+        parts.append(quoted if quoted is not None else match.group(1).strip())
+    return parts
 
 
 def field_reload(model: type[Section], name: str) -> Reload:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     ValidationInfo,
@@ -34,7 +35,9 @@ from edge.confbase import (
     MAX_BYTES,
     AbsPath,
     ConfigError,
+    Note,
     Section,
+    TextLine,
     TopicSegment,
     _clip,
     _dotted,
@@ -211,6 +214,63 @@ class LoggingSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+#: a phone number as people write it: digits, spaces and + - ( ) / . (checked loosely: dialling
+#: plans differ; at least 3 digits)
+_PHONE = re.compile(r"^\+?[0-9 ()/.\-]{3,40}$")
+
+
+def check_phone(value: str) -> str:
+    """The one loose phone rule (config `[site]` and the inventory's `contact_phone`)."""
+    if not _PHONE.match(value) or sum(ch.isdigit() for ch in value) < 3:
+        raise ValueError(
+            "is not a phone number: digits, spaces and + - ( ) / . only, 3 to 40 characters, "
+            "e.g. +49 30 1234-567"
+        )
+    return value
+
+
+class SiteSection(Section):
+    """Where the gateway is and whom to call: what a dispatcher needs besides the gateway id.
+
+    Every key is optional (a gateway without them runs; `check-config` warns on a fire point or
+    police post that has neither a name nor an address nor coordinates). Carried in the retained
+    `state` message (docs/topics.md), so a console learns it from the gateway itself."""
+
+    reload_note: ClassVar[str] = (
+        "applied: the retained `state` (birth) is published again; no pipeline restarts"
+    )
+    restarts_pipelines: ClassVar[bool] = False
+
+    name: TextLine | None = Field(None, description='e.g. "Fire point 12, Hauptstraße school"')
+    address: TextLine | None = Field(None, description="street address as a dispatcher reads it")
+    latitude: float | None = Field(None, ge=-90.0, le=90.0, description="WGS 84 degrees")
+    longitude: float | None = Field(None, ge=-180.0, le=180.0, description="WGS 84 degrees")
+    contact_name: TextLine | None = None
+    contact_phone: Annotated[str, AfterValidator(check_phone)] | None = None
+    access: Note | None = Field(None, description="run card: how to get in, key box, gate code")
+    notes: Note | None = Field(None, description="run card: hazards and anything else")
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> SiteSection:
+        if (self.latitude is None) != (self.longitude is None):
+            given, missing = (
+                ("latitude", "longitude") if self.longitude is None else ("longitude", "latitude")
+            )
+            raise ValueError(
+                f"{given} is given without {missing}: give both coordinates (WGS 84 degrees, "
+                "e.g. latitude = 52.5200, longitude = 13.4050) or neither"
+            )
+        return self
+
+    def birth(self) -> dict[str, Any]:
+        """The keys that are set, for the retained `state` message."""
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def located(self) -> bool:
+        return bool(self.name or self.address or self.latitude is not None)
+
+
 class CoreConfig(Section):
     """The gateway's own sections; `Config` adds one field per pipeline plugin."""
 
@@ -227,6 +287,7 @@ class CoreConfig(Section):
     test_source: TestSourceSection = TestSourceSection()
     alarm_ack: AlarmAckSection = AlarmAckSection()
     logging: LoggingSection = LoggingSection()
+    site: SiteSection = SiteSection()
 
     @property
     def topics(self) -> GatewayTopics:
@@ -414,9 +475,24 @@ def check(path: Path | str, *, files: bool = True) -> Checked:
             file_errors, file_warnings = file_problems(read.data, path, origins=read.origins)
             problems += file_errors
             warnings += file_warnings
+        if cfg is not None:
+            warnings += site_warnings(cfg, path, read.origins)
     order = {str(file): i for i, file in enumerate([path, *drop_ins(path)[0]])}
     problems.sort(key=lambda problem: _place_of(problem, order))
     return Checked(None if problems else cfg, problems, warnings, read.layers, read.origins)
+
+
+def site_warnings(cfg: CoreConfig, path: Path | str, origins: Origins) -> list[str]:
+    """A fire point or police post that does not say where it is (a demo may not): warned,
+    not refused, so a gateway is never kept from sending alarms for want of an address."""
+    if cfg.gateway.site_type == "demo" or cfg.site.located:
+        return []
+    where = _where(origins, ["site"], path)
+    return [
+        f"{where}: site: warning: no [site] name, address or coordinates: a dispatcher sees "
+        f"only the gateway id {cfg.gateway.id!r} (set them in the inventory, docs/config.md "
+        "[site])"
+    ]
 
 
 def read_text(path: Path | str) -> str:

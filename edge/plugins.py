@@ -35,7 +35,7 @@ GROUP = "wardgate.pipelines"
 
 #: sections of the gateway itself: no plugin may claim them
 CORE_SECTIONS = frozenset(
-    {"gateway", "uplink", "outbox", "health", "test_source", "alarm_ack", "logging"}
+    {"gateway", "uplink", "outbox", "health", "test_source", "alarm_ack", "logging", "site"}
 )
 
 #: the project's own plugins: section -> "module:attribute" of their PipelinePlugin
@@ -68,6 +68,9 @@ class PipelinePlugin:
         `ctx.config.<section>`); imported only when `active(section)` is true.
     active: whether the section configures anything (default: always). Cheap: called on every
         start and reload.
+    labels: optional, `labels(section) -> {event source: human label}` of what the section
+        declares ("cam/gate" -> "street north"); the gateway carries them in its retained `state`
+        (birth) message so a console can name each event's source (docs/topics.md). Cheap.
     reload_state / reload_forget: optional, for sections that depend on files outside the config
         (the Modbus profile files of [serial]): `reload_state(section)` returns something
         comparable that a reload compares before and after; `reload_forget()` drops caches so
@@ -77,6 +80,7 @@ class PipelinePlugin:
     model: str
     build: str
     active: Callable[[Any], bool] | None = None
+    labels: Callable[[Any], dict[str, str]] | None = None
     reload_state: str | None = None
     reload_forget: str | None = None
     summary: str = ""
@@ -86,6 +90,9 @@ class PipelinePlugin:
 
     def is_active(self, section: Any) -> bool:
         return True if self.active is None else bool(self.active(section))
+
+    def source_labels(self, section: Any) -> dict[str, str]:
+        return {} if self.labels is None else dict(self.labels(section))
 
     def build_pipelines(self, ctx: Any) -> list[Any]:
         return list(import_target(self.build)(ctx))

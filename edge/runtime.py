@@ -52,6 +52,9 @@ COMMAND_QUEUE = 64
 MAX_RELOAD_WAITERS = 1024
 #: alarm acknowledgements waiting for their thread (each takes well under a millisecond)
 ACK_QUEUE = 10_000
+#: labels the birth message carries at most (a few hundred sensors; `state` stays below 60 KB
+#: of ASCII text, docs/topics.md)
+MAX_BIRTH_LABELS = 512
 
 
 class _Limited:
@@ -568,14 +571,20 @@ class Gateway:
                 out["pipelines"] = [p.name for p in self.pipelines]
                 out["restarted"] = False
                 return out
-            self._stop_pipelines()
+            birth_before = self._state_extra()
+            restart = any(type(getattr(new, name)).restarts_pipelines for name in applied)
+            if restart:
+                self._stop_pipelines()
             self.config = effective
-            if self.ack_supervisor is not None:
-                self.ack_supervisor.reconfigure(effective.alarm_ack)
-            logging.getLogger().setLevel(effective.logging.level.upper())
-            self._start_pipelines(self.build_pipelines())
+            if restart:
+                if self.ack_supervisor is not None:
+                    self.ack_supervisor.reconfigure(effective.alarm_ack)
+                logging.getLogger().setLevel(effective.logging.level.upper())
+                self._start_pipelines(self.build_pipelines())
             out["pipelines"] = [p.name for p in self.pipelines]
-            out["restarted"] = True
+            out["restarted"] = restart
+            if self._state_extra() != birth_before:  # new site or labels: say so at once
+                out["state_published"] = self.uplink.publish_state()
         log.info("reload: applied %s; restart required for %s", applied, refused or "nothing")
         return out
 
@@ -596,9 +605,34 @@ class Gateway:
         }
 
     def _state_extra(self) -> dict[str, Any]:
+        """What the retained `state` carries besides online/time/gateway (docs/topics.md)."""
         from edge import __version__
 
-        return {"version": __version__, "site_type": self.config.gateway.site_type}
+        return {
+            "version": __version__,
+            "site_type": self.config.gateway.site_type,
+            "site": self.config.site.birth(),
+            "labels": self.source_labels(),
+        }
+
+    def source_labels(self) -> dict[str, str]:
+        """Event source -> human label, from every plugin section (cameras, serial lines),
+        sorted by source and bounded (MAX_BIRTH_LABELS; the rest is logged, not sent)."""
+        from edge import plugins
+
+        labels: dict[str, str] = {}
+        for name, entry in plugins.registry().items():
+            section = getattr(self.config, name, None)
+            if section is None:
+                continue  # a plugin that cannot be imported, and the config does not use it
+            labels.update(entry.load().source_labels(section))
+        if len(labels) > MAX_BIRTH_LABELS:
+            log.warning(
+                "%d labels configured; the birth message carries the first %d by source",
+                len(labels),
+                MAX_BIRTH_LABELS,
+            )
+        return dict(sorted(labels.items())[:MAX_BIRTH_LABELS])
 
 
 def _error_text(exc: Exception) -> str:

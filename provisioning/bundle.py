@@ -97,10 +97,14 @@ def config_dict(row: GatewayRow, settings: FleetSettings) -> dict[str, Any]:
         "outbox": {"path": "/var/lib/wardgate/outbox.sqlite3"},
         "health": {"heartbeat_s": 30.0, "watchdog": True},
     }
+    if row.site:
+        conf["site"] = dict(row.site)
     if row.cameras:
-        conf["vision"] = {"cameras": [camera_entry(c) for c in row.cameras]}
+        conf["vision"] = {
+            "cameras": [camera_entry(c, row.labels.get(f"cam/{c.name}")) for c in row.cameras]
+        }
     if row.sensors:
-        conf["serial"] = {"ports": [port.config_entry() for port in row.sensors]}
+        conf["serial"] = {"ports": [port.config_entry(row.labels) for port in row.sensors]}
     return merge(conf, fleet_config(settings))
 
 
@@ -117,16 +121,20 @@ def fleet_config(settings: FleetSettings) -> dict[str, Any]:
     return layer.data
 
 
-def camera_entry(camera: Camera) -> dict[str, Any]:
+def camera_entry(camera: Camera, label: str | None = None) -> dict[str, Any]:
     """An inventory camera as a `[[vision.cameras]]` table (edge/vision/config.py)."""
     source = camera.source
     if source.startswith("/dev/"):
-        return {"name": camera.name, "device": source}
-    if source.startswith("file://"):
-        return {"name": camera.name, "file": source[len("file://") :]}
-    if source.startswith("/"):
-        return {"name": camera.name, "file": source}
-    return {"name": camera.name, "url": source}
+        entry = {"name": camera.name, "device": source}
+    elif source.startswith("file://"):
+        entry = {"name": camera.name, "file": source[len("file://") :]}
+    elif source.startswith("/"):
+        entry = {"name": camera.name, "file": source}
+    else:
+        entry = {"name": camera.name, "url": source}
+    if label:
+        entry["label"] = label
+    return entry
 
 
 def render_config(row: GatewayRow, settings: FleetSettings, source: str) -> str:

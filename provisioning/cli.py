@@ -78,6 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log", type=int, default=0, metavar="N", help="show the last N audit entries")
     p.set_defaults(func=cmd_status)
 
+    p = psub.add_parser(
+        "export-sites",
+        help="JSON of every enrolled gateway: district, ward, topic, site, labels (for a console)",
+    )
+    p.add_argument("fleet", type=Path)
+    p.add_argument("--out", "-o", type=Path, help="write to this file (default: stdout)")
+    p.set_defaults(func=cmd_export_sites)
+
     p = psub.add_parser("crl", help="re-sign the CRL (before it expires) and rebuild broker files")
     p.add_argument("fleet", type=Path)
     _passphrase_arg(p)
@@ -266,6 +274,25 @@ def _print_status(rows: list[dict[str, str]]) -> None:
     Console(width=120 if not sys.stdout.isatty() else None).print(table)
     if missing:
         print(f"{missing} enrolled gateway(s) have no bundle folder", file=sys.stderr)
+
+
+def cmd_export_sites(args: argparse.Namespace) -> int:
+    import json
+
+    from provisioning.enroll import export_sites
+    from provisioning.fleet import FleetDir, FleetError, write_file
+
+    try:
+        doc = export_sites(FleetDir(args.fleet))
+    except FleetError as exc:
+        return _fail(str(exc))
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.out:
+        write_file(args.out, text, 0o644)
+        print(f"written: {args.out} ({len(doc['gateways'])} gateways)")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_crl(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from edge.deploy import SYSTEMD_UNIT
 from provisioning import boot, bundle, pki
@@ -405,6 +406,8 @@ class Enroller:
                 reg.audit("updated", row.id, f"config rebuilt from {inventory.path}:{row.line}")
             for rec in plan.revoke:
                 reg.revoke(rec, "cessation_of_operation", f"removed from {inventory.path}")
+            for row in inventory.rows:  # where each gateway is: `provision export-sites`
+                reg.put_site(row.id, row.site, row.labels)
             iterations = self.settings.accounts.password_iterations
             for acc in plan.accounts_new:
                 pw_hash = hash_password(account_passwords[acc.name], iterations)
@@ -691,6 +694,35 @@ def _locked_dir(fleet: FleetDir) -> Iterator[None]:
         except BlockingIOError:
             raise FleetError(f"{fleet.root}: another `wardgate provision` is running") from None
         yield
+
+
+#: `provision export-sites` format: bump on a change that is not an added key
+SITES_FORMAT = "wardgate-sites/1"
+
+
+def export_sites(fleet: FleetDir) -> dict[str, Any]:
+    """Every enrolled gateway with where it is, for an operations center to import before
+    any gateway has sent its birth message (format: docs/provisioning.md, "Sites")."""
+    settings = fleet.settings()
+    prefix = settings.broker.topic_prefix
+    with _open_registry(fleet.require()) as reg:
+        sites = reg.sites()
+        gateways = []
+        for rec in reg.gateways("enrolled"):
+            site, labels, updated = sites.get(rec.id, ({}, {}, rec.updated_at))
+            gateways.append(
+                {
+                    "id": rec.id,
+                    "district": rec.district,
+                    "ward": rec.ward,
+                    "site_type": rec.site_type,
+                    "topic": f"{prefix}/{rec.district}/{rec.ward}/{rec.id}",
+                    "site": site,
+                    "labels": labels,
+                    "updated_at": updated,
+                }
+            )
+    return {"format": SITES_FORMAT, "generated_at": utcnow(), "gateways": gateways}
 
 
 def status_rows(fleet: FleetDir) -> list[dict[str, str]]:

@@ -22,7 +22,18 @@ from protocol.topics import check_segment
 
 SITE_TYPES = ("police_post", "fire_point")
 REQUIRED = ("id", "district", "ward", "site_type", "hw_serial")
-OPTIONAL = ("cameras", "sensors", "network", "notes")
+#: inventory column -> key of the gateway's `[site]` (edge/config.py SiteSection, its rules)
+SITE_COLUMNS = {
+    "site_name": "name",
+    "address": "address",
+    "latitude": "latitude",
+    "longitude": "longitude",
+    "contact_name": "contact_name",
+    "contact_phone": "contact_phone",
+    "access": "access",
+    "site_notes": "notes",
+}
+OPTIONAL = ("cameras", "sensors", "network", "notes", *SITE_COLUMNS, "labels")
 COLUMNS = REQUIRED + OPTIONAL
 
 _HW_SERIAL = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.:-]{3,63}$")
@@ -65,7 +76,15 @@ class SensorPort:
     parity: str | None = None
     stopbits: int | None = None
 
-    def config_entry(self) -> dict[str, Any]:
+    def label_problem(self, source: str) -> str | None:
+        """Why `source` is not an event source of this line, or None (sensor_drivers' rule)."""
+        from sensor_drivers.config import ModbusDevice, label_problem
+
+        devices = [ModbusDevice(unit=d.unit, profile=d.profile, name=d.name) for d in self.devices]
+        return label_problem(source, list(self.nodes), devices)
+
+    def config_entry(self, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """The `[[serial.ports]]` table; `labels`: the row's labels, those of this line kept."""
         entry: dict[str, Any] = {"name": self.name, "path": self.path, "protocol": self.protocol}
         for key in ("baud", "parity", "stopbits"):
             if getattr(self, key) is not None:
@@ -77,6 +96,9 @@ class SensorPort:
                 {"unit": d.unit, "profile": d.profile, **({"name": d.name} if d.name else {})}
                 for d in self.devices
             ]
+        mine = {k: v for k, v in (labels or {}).items() if self.label_problem(k) is None}
+        if mine:
+            entry["labels"] = mine
         return entry
 
 
@@ -104,12 +126,19 @@ class GatewayRow:
     sensors: tuple[SensorPort, ...] = ()
     network: Network = Network()
     notes: str = ""
+    #: the gateway's `[site]` (config keys: name, address, latitude, ...), only those given
+    site: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: event source -> human label (`cam/gate`, `n07/smoke`, `d01`)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """Changes exactly when what goes onto the gateway changes (not for notes or line)."""
         data = dataclasses.asdict(self)
         data.pop("line")
         data.pop("notes")
+        for key in ("site", "labels"):  # absent: the fingerprint of a row from before them
+            if not data[key]:
+                data.pop(key)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -250,7 +279,20 @@ def _read_row(
         except ValueError as exc:
             problems.append(f"{path}:{line}:{positions[name] + 1}: {name}: {exc}")
             ok = False
-    if not ok:
+    site, site_problems = _read_site(values, positions, f"{path}:{line}")
+    problems += site_problems
+    labels: dict[str, str] = {}
+    parsed_all = all(name in parsed for name in ("cameras", "sensors") if name in positions)
+    if "labels" in positions and parsed_all:  # else: labels are checked once those are right
+        try:
+            labels = parse_labels(
+                values.get("labels", ""), parsed.get("cameras", ()), parsed.get("sensors", ())
+            )
+        except LabelError as exc:
+            at = f"{path}:{line}:{positions['labels'] + 1}: labels"
+            problems += [f"{at}: {problem}" for problem in exc.problems]
+            ok = False
+    if not ok or site_problems:
         return None
     return GatewayRow(
         line=line,
@@ -260,8 +302,70 @@ def _read_row(
         site_type=values["site_type"],
         hw_serial=values["hw_serial"],
         notes=values.get("notes", ""),
+        site=site,
+        labels=labels,
         **parsed,
     )
+
+
+def _read_site(
+    values: dict[str, str], positions: dict[str, int], where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The row's site columns as a `[site]` table, checked by the gateway's own SiteSection
+    (one rule for both): each problem at its column."""
+    from pydantic import ValidationError
+
+    from edge.config import SiteSection
+
+    site: dict[str, Any] = {}
+    problems: list[str] = []
+    column_of = {key: column for column, key in SITE_COLUMNS.items()}
+
+    def at(column: str) -> str:
+        return f"{where}:{positions[column] + 1}: {column}"
+
+    for column, key in SITE_COLUMNS.items():
+        raw = values.get(column, "")
+        if not raw:
+            continue
+        if key in ("latitude", "longitude"):
+            try:
+                site[key] = float(raw)
+            except ValueError:
+                problems.append(
+                    f"{at(column)}: {raw!r} is not a number: write decimal degrees with a point, "
+                    f"e.g. {'52.5200' if key == 'latitude' else '13.4050'}"
+                )
+                continue
+        else:
+            site[key] = raw
+    unreadable = bool(problems)
+    coordinates = {k: v for k, v in site.items() if k in ("latitude", "longitude")}
+    others = {k: v for k, v in site.items() if k not in coordinates}
+    errors = []
+    for part in (others, coordinates):  # apart: the pair rule is checked even when a text fails
+        try:
+            SiteSection.model_validate(part)
+        except ValidationError as exc:
+            errors += exc.errors(include_url=False)
+    if errors:
+        for err in errors:
+            msg = err["msg"].removeprefix("Value error, ")
+            key = next((str(p) for p in err["loc"] if str(p) in column_of), None)
+            if key is None:  # the pair rule: at the coordinate that was given
+                if unreadable:
+                    continue  # one coordinate is not a number: said already
+                key = "latitude" if "latitude" in site else "longitude"
+                msg = msg.replace("latitude = ", "").replace("longitude = ", "")
+            elif err["type"] in ("less_than_equal", "greater_than_equal"):
+                bound = 90 if key == "latitude" else 180
+                swapped = key == "latitude" and abs(site[key]) <= 180
+                msg = f"{site[key]:g} is outside -{bound}..{bound} degrees" + (
+                    " (latitude and longitude swapped?)" if swapped else ""
+                )
+            problems.append(f"{at(column_of[key])}: {msg}")
+    problems.sort(key=lambda problem: int(problem[len(where) + 1 :].split(":", 1)[0]))
+    return ({} if problems else site), problems
 
 
 def _check_simple(name: str, raw: str) -> None:
@@ -278,6 +382,78 @@ def _check_simple(name: str, raw: str) -> None:
 
 def _items(cell: str) -> list[str]:
     return [item.strip() for item in cell.split(";") if item.strip()]
+
+
+def parse_labels(
+    cell: str, cameras: tuple[Camera, ...], sensors: tuple[SensorPort, ...]
+) -> dict[str, str]:
+    """`SOURCE=LABEL;...`: a human label per event source of this gateway's cameras and sensors,
+    e.g. `n07/smoke=kitchen smoke, 2nd floor; cam/gate=street north; d01=boiler room`."""
+    from edge.confbase import LABEL_MAX, check_text
+
+    labels: dict[str, str] = {}
+    problems: list[str] = []
+    names = {c.name for c in cameras}
+    for item in _items(cell):
+        source, sep, label = (part.strip() for part in item.partition("="))
+        if not sep or not source or not label:
+            problems.append(
+                f"{item!r}: write SOURCE=LABEL, e.g. n07/smoke=kitchen smoke 2nd floor; "
+                "separate labels with ';'"
+            )
+            continue
+        if source in labels:
+            problems.append(f"{source!r} is labelled twice")
+            continue
+        try:
+            check_text(label, LABEL_MAX)
+        except ValueError as exc:
+            problems.append(f"{source}: the label {exc}")
+            continue
+        problem = _label_source_problem(source, names, sensors)
+        if problem:
+            problems.append(f"{source!r}: {problem}")
+            continue
+        labels[source] = label
+    if problems:
+        raise LabelError(problems)
+    return labels
+
+
+class LabelError(ValueError):
+    """Every wrong item of one `labels` cell (each becomes its own `file:line:col` line)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _label_source_problem(
+    source: str, cameras: set[str], sensors: tuple[SensorPort, ...]
+) -> str | None:
+    if source.startswith("cam/"):
+        if source[4:] in cameras:
+            return None
+        have = ", ".join(f"cam/{n}" for n in sorted(cameras)) or "none"
+        return f"no camera {source[4:]!r} in this row's cameras column (cameras: {have})"
+    if source in cameras:
+        return f"a camera's events come from cam/{source}: write cam/{source}=..."
+    problems = [port.label_problem(source) for port in sensors]
+    if any(problem is None for problem in problems):
+        return None
+    detail = next((p for p in problems if p and not p.startswith("no node or detector")), None)
+    if detail:
+        return detail
+    known = sorted({f"cam/{n}" for n in cameras} | {s for port in sensors for s in _prefixes(port)})
+    return (
+        "no camera or sensor of this row sends events from it "
+        f"(this row has: {', '.join(known) or 'no cameras or sensors'}; a node's sensors are "
+        "nNN/NAME, e.g. n07/smoke)"
+    )
+
+
+def _prefixes(port: SensorPort) -> list[str]:
+    return [source for source, _, _ in _sources(port)]
 
 
 def parse_cameras(cell: str) -> tuple[Camera, ...]:

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS accounts (
     password_hash TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sites (  -- where each gateway is, from the inventory (export-sites)
+    gateway TEXT PRIMARY KEY,
+    site TEXT NOT NULL,             -- JSON object: the gateway config's [site] keys that are set
+    labels TEXT NOT NULL,           -- JSON object: event source -> human label
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -176,6 +182,31 @@ class Registry:
                 "SELECT serial, gateway, revoked_at, reason FROM revocations ORDER BY revoked_at"
             )
         )
+
+    # --- sites --------------------------------------------------------------------------------
+    def put_site(self, gateway_id: str, site: dict, labels: dict[str, str]) -> None:
+        """The gateway's site and labels as last provisioned (replaces what was there; an
+        unchanged one is not written, and none is no row)."""
+        if not site and not labels:
+            self.db.execute("DELETE FROM sites WHERE gateway = ?", (gateway_id,))
+            return
+        self.db.execute(
+            "INSERT INTO sites (gateway, site, labels, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (gateway) DO UPDATE SET site = excluded.site, "
+            "labels = excluded.labels, updated_at = excluded.updated_at "
+            "WHERE site != excluded.site OR labels != excluded.labels",
+            (
+                gateway_id,
+                json.dumps(site, sort_keys=True, ensure_ascii=False),
+                json.dumps(labels, sort_keys=True, ensure_ascii=False),
+                utcnow(),
+            ),
+        )
+
+    def sites(self) -> dict[str, tuple[dict, dict[str, str], str]]:
+        """gateway id -> (site, labels, updated_at)."""
+        rows = self.db.execute("SELECT gateway, site, labels, updated_at FROM sites")
+        return {g: (json.loads(s), json.loads(lab), at) for g, s, lab, at in rows}
 
     # --- accounts -----------------------------------------------------------------------------
     def accounts(self) -> list[AccountRecord]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge.confbase import ConfigError, Section, TopicSegment
-from protocol.names import SHORT_NAME_PATTERN, SHORT_NAME_RULE
+from edge.confbase import ConfigError, Label, Section, TopicSegment
+from protocol.names import SHORT_NAME_PATTERN, SHORT_NAME_RULE, is_short_name, node_label
 
 #: where udev names USB-serial adapters by their serial number (stable across plugs)
 BY_ID_DIR = Path("/dev/serial/by-id")
@@ -25,6 +25,10 @@ ShortName = Annotated[
         description=SHORT_NAME_RULE + ": the start of every event source",
     ),
 ]
+
+
+#: labels on one port at most (the birth message carries them all: docs/topics.md)
+MAX_LABELS = 256
 
 
 def resolve(path: str, by_id_dir: Path = BY_ID_DIR) -> Path:
@@ -76,6 +80,44 @@ class ModbusDevice(Section):
     def source(self) -> str:
         return self.name or f"d{self.unit:02d}"
 
+    def sensor_names(self) -> set[str]:
+        """What follows `<source>/` in this device's events: its profile's points and flags."""
+        from sensor_drivers.modbus_profile import load_profile
+
+        profile = load_profile(self.profile)
+        return {item.name for item in [*profile.points, *profile.alarms, *profile.faults]}
+
+
+def label_problem(source: str, nodes: list[int], devices: list[ModbusDevice]) -> str | None:
+    """Why `source` is not an event source of a serial line with these nodes or detectors, or
+    None. The one rule for `[[serial.ports]] labels` and the inventory's `labels` column.
+
+    A node's sensor names come from the node itself (its hello), so any short name is taken
+    after `nNN/`; a Modbus detector's come from its profile."""
+    head, slash, tail = source.partition("/")
+    by_node = {node_label(n): n for n in nodes}
+    by_device = {d.source: d for d in devices}
+    if head in by_node:
+        if slash and not is_short_name(tail):
+            return f"{tail!r} is not a sensor name ({SHORT_NAME_RULE})"
+        return None
+    if head in by_device:
+        if slash:
+            names = by_device[head].sensor_names()
+            if tail not in names:
+                return (
+                    f"detector {head} (profile {by_device[head].profile}) has no sensor "
+                    f"{tail!r}; it has: {', '.join(sorted(names))}"
+                )
+        return None
+    have = sorted(by_node) + sorted(by_device)
+    return (
+        f"no node or detector {head!r} on this line"
+        + (f" (it has: {', '.join(have)})" if have else "")
+        + " (a label names an event source as the gateway sends it: n07, n07/smoke, d01, "
+        "d01/smoke)"
+    )
+
 
 class PortSettings(Section):
     name: TopicSegment = Field(description="pipeline name, e.g. nodes1 or rs485")
@@ -115,6 +157,11 @@ class PortSettings(Section):
     fail_after: int = Field(
         2, ge=1, le=100, description="Modbus: consecutive failed polls before a device fault"
     )
+    labels: dict[str, Label] = Field(
+        default_factory=dict,
+        description='event source on this line -> human label, e.g. "n07/smoke" = "kitchen, '
+        '2nd floor"; carried in the birth message (docs/topics.md), never in events',
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -152,6 +199,23 @@ class PortSettings(Section):
             raise ValueError('`devices` is for protocol = "modbus" ports')
         return self
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_name_sources_here(cls, labels: dict[str, str], info: ValidationInfo) -> Any:
+        """Each label names an event source of this line; every wrong one is listed at once."""
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels on one port (got {len(labels)})")
+        if "nodes" not in info.data or "devices" not in info.data:
+            return labels  # those keys are wrong themselves: reported at their own lines
+        wrong = [
+            f"{source!r}: {problem}"
+            for source in labels
+            if (problem := label_problem(source, info.data["nodes"], info.data["devices"]))
+        ]
+        if wrong:
+            raise ValueError("; ".join(wrong))
+        return labels
+
 
 class SerialConfig(Section):
     reload_note: ClassVar[str] = (
@@ -171,3 +235,7 @@ class SerialConfig(Section):
             if dupes:
                 raise ValueError(f"two ports with the same {attr}: {dupes}")
         return ports
+
+    def source_labels(self) -> dict[str, str]:
+        """Event source -> label, over every port (the birth message's `labels`)."""
+        return {source: label for port in self.ports for source, label in port.labels.items()}

@@ -38,6 +38,7 @@ PLUGIN = PipelinePlugin(
     model="sensor_drivers.config:SerialConfig",
     build="sensor_drivers.pipeline:build_pipelines",
     active=lambda section: bool(section.ports),
+    labels=lambda section: section.source_labels(),
     reload_state="sensor_drivers.plugin:profiles_in_use",
     reload_forget="sensor_drivers.plugin:forget_profiles",
     summary="serial fire sensors: node protocol and Modbus RTU (docs/sensors.md)",

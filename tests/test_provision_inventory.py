@@ -92,7 +92,8 @@ def test_list_cells_explain_their_syntax(cell_col, cell, expected):
 def test_header_problems():
     assert problems("id,district,ward,site,hw_serial\n") == [
         "inv.csv:1:4: unknown column 'site' (columns: id, district, ward, site_type, hw_serial, "
-        "cameras, sensors, network, notes)",
+        "cameras, sensors, network, notes, site_name, address, latitude, longitude, "
+        "contact_name, contact_phone, access, site_notes, labels)",
         "inv.csv:1: header lacks required column(s): site_type",
     ]
     assert "no header row" in problems("# only a comment\n\n")[0]

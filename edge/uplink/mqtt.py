@@ -163,6 +163,15 @@ class Uplink:
         info = link.client.publish(topic, payload, qos=qos, properties=properties)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def publish_state(self) -> bool:
+        """Publish the retained online `state` again, now (a reload changed what it carries).
+        Offline, nothing is sent: the next connection publishes the current one anyway."""
+        link = self._link
+        if link is None or not link.up:
+            return False
+        info = link.client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def wait_drained(self, timeout: float) -> bool:
         """Wait until the outbox is empty (and acknowledged), or the timeout passes."""
         deadline = mono_s() + timeout
@@ -335,9 +344,10 @@ class Uplink:
             "time_ms": now_ms(),
             "gateway": self.topics.gateway,
         }
-        if online:
-            state.update(self.state_extra())
-        return json.dumps(state, separators=(",", ":")).encode()
+        # the will and a clean goodbye carry the extras too (version, site, labels): the
+        # retained `state` of a gateway that is down still says where it is
+        state.update(self.state_extra())
+        return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
 
     # --- the pump --------------------------------------------------------------------------
     def _pump(self) -> None:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge.confbase import AnyPath, Pair, Section, TopicSegment
+from edge.confbase import AnyPath, Label, Pair, Section, TopicSegment
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Point = Annotated[tuple[Fraction, Fraction], Pair]
@@ -126,6 +126,11 @@ class CameraConfig(Section):
         True, description="file: play at its own speed; false: analyse every frame in order"
     )
     enabled: bool = True
+    label: Label | None = Field(
+        None,
+        description='human label, e.g. "street north"; carried in the birth message for the '
+        "source cam/<name> (docs/topics.md), never in events",
+    )
     fps: float = Field(5.0, ge=0.1, le=60.0, description="analysed frames per second at most")
     transport: Literal["tcp", "udp"] = "tcp"
     probe_s: float = Field(
@@ -227,6 +232,10 @@ class VisionConfig(_CameraDefaults):  # type: ignore[misc,valid-type]
         """Each camera takes `[vision]`'s value of every INHERITED key it does not set itself.
         A `[vision]` value that failed validation is absent here: reported once, at its line."""
         return [inherit(camera, info.data) for camera in cameras]
+
+    def source_labels(self) -> dict[str, str]:
+        """Event source (`cam/<name>`) -> label of every camera that has one (birth `labels`)."""
+        return {f"cam/{cam.name}": cam.label for cam in self.cameras if cam.label}
 
     @model_validator(mode="after")
     def _unique_names(self) -> VisionConfig:

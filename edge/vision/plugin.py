@@ -12,5 +12,6 @@ PLUGIN = PipelinePlugin(
     model="edge.vision.config:VisionConfig",
     build="edge.vision.pipeline:build_pipelines",
     active=lambda section: any(camera.enabled for camera in section.cameras),
+    labels=lambda section: section.source_labels(),
     summary="IP/USB/file cameras: person detection, tracking, smoke cues (docs/vision.md)",
 )
