@@ -247,6 +247,11 @@ class Ingest:
                 )
                 break
             except Exception as exc:
+                if not self.store.is_transient(exc):
+                    # the data, not the disk: find the events the store refuses, quarantine them
+                    events, refused = self._split_refused(events)
+                    quarantine += refused
+                    continue
                 log.error("ingest: the store refused a batch of %d (%s); retrying", len(batch), exc)
                 self.live.set_broker(self.conn.connected.is_set(), f"store error: {exc}"[:300])
                 self._stop.wait(1.0)
@@ -278,6 +283,23 @@ class Ingest:
         if changed:
             self.live.changed()
 
+    def _split_refused(
+        self, events: list[tuple[str, Event, int, _Msg]]
+    ) -> tuple[list[tuple[str, Event, int, _Msg]], list[tuple[_Msg, str]]]:
+        """Each event alone in a transaction that is rolled back: the ones the store refuses
+        for what they carry (not for the disk) go to quarantine, the rest are stored next."""
+        keep, refused = [], []
+        for item in events:
+            try:
+                self.store.try_ingest([item[:3]])
+                keep.append(item)
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    keep.append(item)  # the disk again: the retry loop waits for it
+                else:
+                    refused.append((item[3], f"the store refused the event: {exc}"[:500]))
+        return keep, refused
+
     def _classify(self, m: _Msg) -> tuple[str, Any]:
         """("event", (site, Event)) | ("state", (site, dict)) | ("quarantine", reason) |
         ("done", None)."""
@@ -301,6 +323,7 @@ class Ingest:
             return "event", (site, event)
         if leaf == "state":
             if not m.payload:  # a cleared retained birth (gateway removed)
+                self.live.count("state")
                 return "done", None
             try:
                 state = json.loads(m.payload)
@@ -325,6 +348,7 @@ class Ingest:
                 if len(self.snapshots) >= MAX_SNAPSHOTS and (site, camera) not in self.snapshots:
                     self.snapshots.pop(next(iter(self.snapshots)))
                 self.snapshots[(site, camera)] = (m.payload, m.received_ms)
+                self.live.count("snapshots")
                 return "done", None
             return "quarantine", "snapshot is not a JPEG of at most 2 MiB"
         return "quarantine", f"unexpected topic leaf {leaf!r}"

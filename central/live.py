@@ -34,11 +34,13 @@ class LiveState:
             "acks_sent": 0,
             "state": 0,
             "tele": 0,
+            "snapshots": 0,
             "escalations": 0,
             "webhook_failures": 0,
         }
     )
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the DC-09 link's status
+    # more status for the screens, e.g. the DC-09 link's: a value, or a callable read each time
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,7 +70,8 @@ class LiveState:
     # --- readers ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            extra = dict(self.extra)
+            snap = {
                 "revision": self.revision,
                 "broker": {
                     "connected": self.broker.connected,
@@ -76,8 +79,8 @@ class LiveState:
                     "detail": self.broker.detail,
                 },
                 "counts": dict(self.counts),
-                **{k: v for k, v in self.extra.items()},
             }
+        return {**snap, **{k: (v() if callable(v) else v) for k, v in extra.items()}}
 
     async def wait(self, seen_revision: int, timeout_s: float) -> int:
         """Wait (in the console's event loop) until the revision passes `seen_revision`."""

@@ -63,9 +63,9 @@ class CentralService:
         c = self.config.dc09
         if not c.host:
             return None
-        from central.dc09 import Dc09Forwarder
+        from central.dc09 import Dc09Forwarder, read_key_file
 
-        key = c.key_file.read_text().strip() if c.key_file is not None else None
+        key = read_key_file(c.key_file) if c.key_file is not None else None
         return Dc09Forwarder(
             c.host, c.port, c.account, key_hex=key, receiver=c.receiver, line=c.line
         )
@@ -86,11 +86,17 @@ class CentralService:
             self._forward_dc09(site, event)
 
     def _forward_dc09(self, site: str, event: Event) -> None:
-        from central.dc09 import sia_code
-
-        code = sia_code(event)
-        if code is not None:
-            self.dc09.submit(code, f"{site} {event.source}", event.time_ms, event.id_hex)
+        """Fire alarms (and test alarms) and faults, raised and cleared, to the ARC's desk."""
+        if event.kind is Kind.ALARM:
+            kind, code = "alarm", str(event.data.get("cause") or "alarm")
+        elif event.kind is Kind.SMOKE:
+            kind, code = "alarm", "camera smoke"
+        elif event.kind is Kind.FAULT:
+            active = event.data.get("active") is True
+            kind, code = ("fault" if active else "fault_restore"), str(event.data.get("code"))
+        else:
+            return
+        self.dc09.submit(kind, code, f"{site} {event.source}", event.time_ms, event.id_hex)
 
     def _escalate_loop(self) -> None:
         after = self.config.alarms.escalate_after_s
@@ -161,7 +167,7 @@ class CentralService:
             self.webhook.start()
         if self.dc09 is not None:
             self.dc09.start()
-            self.live.extra["dc09"] = self.dc09.status
+            self.live.extra["dc09"] = self.dc09.status  # read at each snapshot
         self.ingest.start()
         for target, name in ((self._escalate_loop, "escalation"), (self._watch_refusal, "refusal")):
             t = threading.Thread(target=target, name=name, daemon=True)

@@ -256,6 +256,17 @@ class Store:
         self.migrate()
 
     # --- plumbing --------------------------------------------------------------------------
+    def is_transient(self, exc: BaseException) -> bool:
+        """Would the same write succeed later (disk full, database down, lock timeout)? Else
+        the data itself was refused, and retrying it would stop ingest for good."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return True
+        if self.dialect.name == "postgresql":
+            import psycopg
+
+            return isinstance(exc, psycopg.OperationalError)
+        return False
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -327,6 +338,20 @@ class Store:
             for topic, payload, reason, received_ms in quarantine:
                 self._quarantine(cur, topic, payload, reason, received_ms)
         return results
+
+    def try_ingest(self, items: Sequence[tuple[str, Event, int]]) -> None:
+        """Run `ingest` and roll it back: raises what storing these would raise."""
+
+        class _Rollback(Exception):
+            pass
+
+        try:
+            with self.transaction() as cur:
+                for site, event, received_ms in items:
+                    self._ingest_one(cur, site, event, received_ms)
+                raise _Rollback
+        except _Rollback:
+            pass
 
     def _ingest_one(self, cur: _Cursor, site: str, event: Event, received_ms: int) -> Ingested:
         key = event.id_hex
