@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from edge.confbase import AnyPath, ConfigError, Section, TopicSegment, parse_model
+from edge.confbase import AnyPath, ConfigError, Pair, Section, TopicSegment, parse_model
 from protocol import mqtt as policy
 from protocol.topics import DEFAULT_PREFIX
 
@@ -33,7 +33,7 @@ class BrokerSection(Section):
     key: AnyPath | None = None
     server_name: str | None = None
     prefix: str = DEFAULT_PREFIX
-    districts: tuple[District, ...] = ("+",)
+    districts: Annotated[tuple[District, ...], Pair] = ("+",)
     # `$share/<group>/...`: every ingest instance of one operations center uses the same group;
     # each instance needs its own broker account (the broker maps account = client id)
     group: TopicSegment = "ingest"
@@ -72,7 +72,10 @@ class AlarmsSection(Section):
 class WebhookSection(Section):
     url: str | None = None
     # what is posted: new incidents (alarms, faults) and escalations
-    events: tuple[Literal["incident", "escalation"], ...] = ("incident", "escalation")
+    events: Annotated[tuple[Literal["incident", "escalation"], ...], Pair] = (
+        "incident",
+        "escalation",
+    )
     timeout_s: float = Field(10.0, gt=0, le=120)
 
 

@@ -90,3 +90,28 @@ def test_each_pin_holds_only_on_the_platform_it_was_made_on_and_meets_the_floors
             if applies(req, env) and canonicalize_name(req.name) in versions:
                 assert req.specifier.contains(versions[canonicalize_name(req.name)]), (req, env)
     assert all(r.marker is not None for r in locked), "a pin without a platform marker"
+
+
+# --- the operations center's unit and example config ---------------------------------------------
+
+
+def test_central_unit_passes_systemd_analyze_verify(tmp_path):
+    from central.deploy import SYSTEMD_UNIT as CENTRAL_UNIT
+
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / "wardgate-central.service"
+    unit.write_text(
+        CENTRAL_UNIT.read_text().replace("/opt/wardgate/venv/bin/wardgate", "/bin/true")
+    )
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    assert "RestartPreventExitStatus=3" in CENTRAL_UNIT.read_text()
+
+
+def test_central_example_config_is_valid():
+    from central.config import load
+    from central.deploy import EXAMPLE_CONFIG
+
+    cfg = load(EXAMPLE_CONFIG)
+    assert cfg.store.url.startswith("postgresql://") and cfg.broker.districts == ("d03",)
