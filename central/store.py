@@ -836,15 +836,28 @@ class Store:
         kind: str | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
+        text: str | None = None,
         limit: int = 500,
     ) -> list[dict[str, Any]]:
-        """Stored events, newest first, filtered: the history page and its CSV export."""
+        """Stored events, newest first, filtered: the history page and its CSV export.
+
+        `text` is a case-insensitive substring of the site, the source or the event's data (a
+        dispatcher remembers "kitchen" or "n07", not a gateway id).
+        """
         where, args = [], []
         for col, value in (("district", district), ("ward", ward), ("gateway", gateway),
                            ("kind", kind)):  # fmt: skip
             if value:
                 where.append(f"{col} = ?")
                 args.append(value)
+        if text:
+            escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            like = "LIKE ? ESCAPE '\\'"
+            where.append(
+                f"(LOWER(site) {like} OR LOWER(source) {like} OR LOWER(data_json) {like})"
+            )
+            args.extend([pattern] * 3)
         if since_ms is not None:
             where.append("received_ms >= ?")
             args.append(since_ms)
@@ -987,6 +1000,19 @@ class Store:
         out = dict(zip(keys, row, strict=True))
         out["disabled"] = bool(out["disabled"])
         return out
+
+    def users(self) -> list[dict[str, Any]]:
+        """Console accounts without their hashes: the supervisors' users page."""
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT username, role, display_name, created_ms, disabled FROM users"
+                " ORDER BY username"
+            )
+            keys = ("username", "role", "display_name", "created_ms", "disabled")
+            rows = [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
+        for row in rows:
+            row["disabled"] = bool(row["disabled"])
+        return rows
 
     def set_password_hash(self, username: str, password_hash: str) -> None:
         """Rehash on login when the hashing parameters changed (argon2's check_needs_rehash)."""

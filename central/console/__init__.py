@@ -1,0 +1,1 @@
+"""The fire brigade's web console: `create_app(store, live, settings)` (central/console/app.py)."""
