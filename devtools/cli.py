@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--check", action="store_true", help="only check that every promised part is here"
     )
+    p.add_argument(
+        "--console-port",
+        type=int,
+        default=8080,
+        help="the fire brigade console's port on 127.0.0.1 (0: any free port)",
+    )
     p.set_defaults(func=cmd_demo)
 
     t = sub.add_parser(
@@ -64,6 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             plain=args.plain,
             without=frozenset(args.without),
             check_only=args.check,
+            console_port=args.console_port,
         )
     except RuntimeError as exc:  # a part that passed the preflight and still did not start
         print(f"wardgate demo: {exc}", file=sys.stderr)

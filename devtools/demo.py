@@ -6,7 +6,8 @@
 3. The gateway runs on the bundle's config (mutual TLS), with a camera fed from the bundled
    pedestrian clip (person events with snapshots), a MicroPython sensor node on a pty that raises
    a smoke alarm, a heartbeat and a `test-alarm` command.
-4. A fire-brigade receiver acknowledges the alarms; a live view shows what the broker receives.
+4. The operations center (`wardgate central run`: ingest, SQLite store, the dispatchers' web
+   console) stores and acknowledges the alarms; a live view shows what the broker receives.
 
 Every part it promises is checked before anything starts (`preflight`): a missing one ends the
 demo with exit status 1, naming the part and how to install it, unless it was left out on
@@ -257,6 +258,7 @@ def run_demo(
     plain: bool = False,
     without: frozenset[str] = frozenset(),
     check_only: bool = False,
+    console_port: int = 8080,
 ) -> int:
     problems = preflight(without)
     if problems:
@@ -268,7 +270,9 @@ def run_demo(
         left_out = f" (left out: {', '.join(sorted(without))})" if without else ""
         print(f"wardgate demo: every part is here{left_out}")
         return 0
-    from central.receiver import AlarmReceiver, ReceiverOptions
+    from central.accounts import add_user
+    from central.config import BrokerSection, CentralConfig, ConsoleSection, StoreSection
+    from central.service import CentralService
     from devtools.devbroker import start_local_broker
     from edge.runtime import Gateway
 
@@ -297,21 +301,29 @@ def run_demo(
     runner = threading.Thread(target=gateway.run_forever, args=(stop,), daemon=True)
     ca = fleet.ca_dir / "ca.crt"
     accounts = fleet.accounts_dir
-    receiver = AlarmReceiver(
-        ReceiverOptions(
+    central_cfg = CentralConfig(
+        broker=BrokerSection(
             host="127.0.0.1",
             port=broker.password_port,
             username=f"rx-{DEMO_DISTRICT}",
             password_file=accounts / f"rx-{DEMO_DISTRICT}.password",
             ca=ca,
-            district=DEMO_DISTRICT,
-            name="demo-brigade",
-            audit=workdir / "alarms.audit.jsonl",
-            supervision_s=30,
-        )
+            districts=(DEMO_DISTRICT,),
+            client_id=f"rx-{DEMO_DISTRICT}",
+        ),
+        store=StoreSection(url=f"sqlite:///{workdir / 'central.db'}"),
+        console=ConsoleSection(port=console_port, title="wardgate demo: fire brigade console"),
     )
+    central = CentralService(central_cfg, config_dir=workdir)
+    dispatcher_password = secrets.token_urlsafe(9)
+    add_user(central.store, "dispatcher", "dispatcher", "Demo Dispatcher", dispatcher_password)
     view = LiveView("127.0.0.1", broker.password_port, ca, "ops", accounts / "ops.password")
-    receiver.start()
+    central.start()
+    port = central.wait_console()
+    say(
+        f"fire brigade console: http://127.0.0.1:{port}/  (user: dispatcher, password: "
+        f"{dispatcher_password})"
+    )
     parts = [f"camera 'lobby' on {DEMO_CLIP.name}"] if "camera" not in without else []
     if node is not None:
         parts.append(f"MicroPython sensor node 1 on {node.port}")
@@ -326,16 +338,18 @@ def run_demo(
                 script.step()
                 for line in view.take_lines():
                     print(line, flush=True)
-            _print_alarms(receiver)
+            _print_alarms(central.store, gateway)
         else:
             from rich.console import Group
             from rich.live import Live
 
-            with Live(Group(view.render(), receiver.render()), refresh_per_second=2) as live:
+            from central.screen import render
+
+            with Live(Group(view.render(), render(central.store)), refresh_per_second=2) as live:
                 while deadline is None or time.monotonic() < deadline:
                     time.sleep(0.5)
                     script.step()
-                    live.update(Group(view.render(), receiver.render()))
+                    live.update(Group(view.render(), render(central.store)))
     except KeyboardInterrupt:
         pass
     finally:
@@ -343,7 +357,7 @@ def run_demo(
         runner.join(20)
         if node is not None:
             node.close()
-        receiver.stop()
+        central.stop()
         view.stop()
         broker.stop()
         if tmp is not None:
@@ -352,14 +366,14 @@ def run_demo(
     return 0
 
 
-def _print_alarms(receiver) -> None:
-    with receiver.lock:
-        rows = list(receiver.alarms.values())
-    for r in rows:
-        e = r.event
+def _print_alarms(store, gateway) -> None:
+    """What the operations center stored, and whether the gateway holds its acknowledgement."""
+    pending = gateway.ack_supervisor.pending_ids()
+    for e in reversed(store.history(kind="alarm")):
         print(
-            f"receiver: alarm {e.data.get('cause')} from {r.site} {e.source} "
-            f"acked={'yes' if r.acked else 'no'} id={e.id_hex}",
+            f"central: alarm {e['data'].get('cause')} from {e['site']} {e['source']} "
+            f"incident=#{e['incident_id']} acked={'no' if e['id'] in pending else 'yes'} "
+            f"id={e['id']}",
             flush=True,
         )
 
