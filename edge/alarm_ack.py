@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import clock
 from edge.pipeline import NotAccepted, Pipeline
+from protocol import faults
 from protocol.events import Event, Kind, now_ms
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class AckSupervisor(Pipeline):
                 self.ctx.emit(
                     Kind.FAULT,
                     "uplink/ack",
-                    {"active": False, "code": "alarm_unacknowledged", "alarm": event_id},
+                    {"active": False, "code": faults.ALARM_UNACKNOWLEDGED, "alarm": event_id},
                 )
             except NotAccepted as exc:
                 self.set_state("degraded", f"fault restore not committed: {exc}"[:200])
@@ -160,7 +161,7 @@ class AckSupervisor(Pipeline):
                         "uplink/ack",
                         {
                             "active": True,
-                            "code": "alarm_unacknowledged",
+                            "code": faults.ALARM_UNACKNOWLEDGED,
                             "alarm": event_id,
                             "age_s": age,
                         },

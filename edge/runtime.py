@@ -36,6 +36,7 @@ from edge.config import CoreConfig as Config
 from edge.pipeline import AckListener, CommandHandler, NotAccepted, Pipeline
 from edge.uplink.mqtt import Uplink
 from edge.uplink.outbox import Outbox, OutboxError
+from protocol import faults
 from protocol.events import Event, Kind, Severity
 from protocol.retry import Backoff
 
@@ -372,7 +373,7 @@ class Gateway:
                 self.emit(
                     Kind.FAULT,
                     f"pipe/{name}",
-                    {"active": True, "code": "pipeline_failed", "error": str(exc)[:80]},
+                    {"active": True, "code": faults.PIPELINE_FAILED, "error": str(exc)[:80]},
                 )
             except NotAccepted:
                 return
@@ -383,7 +384,9 @@ class Gateway:
             if name not in self._pipe_faults:
                 return
             try:
-                self.emit(Kind.FAULT, f"pipe/{name}", {"active": False, "code": "pipeline_failed"})
+                self.emit(
+                    Kind.FAULT, f"pipe/{name}", {"active": False, "code": faults.PIPELINE_FAILED}
+                )
             except NotAccepted:
                 return  # still up; restored at the next attempt
             self._pipe_faults.discard(name)

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -160,6 +161,11 @@ class Event:
         object.__setattr__(self, "severity", sev)
         if len(self.id) != 16:
             raise ValueError("event id must be 16 bytes")
+        # what the decoder refuses is refused here too: every event built can be decoded
+        for attr, required in (("source", True), ("gateway", False)):
+            problem = _name_problem(getattr(self, attr), required=required)
+            if problem:
+                raise ValueError(f"event {attr} {problem}: {getattr(self, attr)!r:.60}")
 
     @property
     def lane(self) -> Lane:
@@ -214,25 +220,11 @@ class Event:
         return self.to_cbor() if fmt == "cbor" else self.to_json()
 
     @classmethod
-    def from_json_dict(cls, obj: dict[str, Any]) -> Event:
-        try:
-            sev = obj.get("severity")
-            if isinstance(sev, str):
-                sev = Severity[sev.upper()]
-            return cls(
-                kind=Kind(obj["kind"]),
-                source=str(obj["source"]),
-                data=dict(obj.get("data") or {}),
-                severity=sev,
-                gateway=str(obj.get("gateway", "")),
-                id=bytes.fromhex(obj["id"]),
-                time_ms=int(obj["time_ms"]),
-                clock_synced=bool(obj.get("clock_synced", True)),
-                seq=obj.get("seq"),
-                schema=int(obj.get("schema", SCHEMA_VERSION)),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise DecodeError(f"not a wardgate event: {exc!r}") from exc
+    def from_json_dict(cls, obj: Any) -> Event:
+        """The event of a JSON object (long keys); DecodeError names the first bad member."""
+        if not isinstance(obj, dict):
+            raise DecodeError("JSON payload is not an object")
+        return _event(obj, _JSON_FORM)
 
 
 def _json_default(value: Any) -> Any:
@@ -241,33 +233,213 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def decode(payload: bytes) -> Event:
-    """Decode a CBOR or JSON event payload (auto-detected)."""
+# --- decoding: anything may arrive; only DecodeError leaves ----------------------------------
+
+#: The largest payload `decode` looks at. Events are small (a fire alarm is ~100 bytes, a
+#: heartbeat under 1 KiB); snapshots (JPEG) travel on `snap/` and never go through `decode`.
+MAX_PAYLOAD = 64 * 1024
+#: Longest `source` and `gateway` text (the emitters' names are far shorter).
+MAX_NAME = 256
+#: `time_ms` must be below this: 2**53 ms is year 287,396, and the largest integer a
+#: JavaScript or JSON consumer holds exactly.
+MAX_TIME_MS = 2**53
+#: Integers in `data` (and `seq`, `schema`) fit in CBOR's 64-bit major types: no bignums.
+_INT_MIN, _INT_MAX = -(2**64), 2**64 - 1
+#: Containers inside `data` (or a non-event payload of decode_any) nest at most this deep.
+MAX_DEPTH = 32
+_HEX_ID = re.compile(r"[0-9a-fA-F]{32}")
+_SEVERITY_OF_NAME = {s.name.lower(): s for s in Severity}
+_SEVERITY_OF_CODE = {int(s): s for s in Severity}
+_KIND_OF_NAME = {str(k): k for k in Kind}
+
+
+class _Form:
+    """What each member looks like in one encoding (CBOR: codes and bytes, JSON: names, hex)."""
+
+    def __init__(self, name: str, key: dict[str, str]) -> None:
+        self.name = name
+        self.key = key  # attribute -> the key in this encoding
+
+
+_CBOR_FORM = _Form("CBOR", {attr: short for attr, short, _ in _FIELDS})
+_JSON_FORM = _Form("JSON", {attr: long for attr, _, long in _FIELDS})
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # not bool, not an int subclass from a tag
+
+
+def _int_member(obj: dict, form: _Form, attr: str, low: int, high: int) -> int:
+    value = obj[form.key[attr]]
+    if not _is_int(value) or not low <= value <= high:
+        raise DecodeError(f"{form.key[attr]!r} ({attr}) must be an integer {low}..{high}")
+    return value
+
+
+def _text_member(obj: dict, form: _Form, attr: str, *, required: bool) -> str:
+    value = obj.get(form.key[attr], None if required else "")
+    problem = _name_problem(value, required=required)
+    if problem:
+        raise DecodeError(f"{form.key[attr]!r} ({attr}) {problem}")
+    return value
+
+
+def _name_problem(value: Any, *, required: bool) -> str | None:
+    """What is wrong with a `source` or `gateway` text (the encoder and decoder share it)."""
+    if not isinstance(value, str) or (required and not value) or len(value) > MAX_NAME:
+        return f"must be {'non-empty text' if required else 'text'} of at most {MAX_NAME}"
+    if not value.isprintable() or not _utf8(value):
+        return "has control or invalid characters"
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON \\ud800 escape
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a hostile value for an error message (repr of a CBOR tag
+    around a 100,000-digit bignum raises, and of a cyclic one is long)."""
+    if isinstance(value, str):
+        return repr(value[:40])
+    if value is None or isinstance(value, bool | float) or (_is_int(value) and abs(value) < 2**64):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _plain(value: Any, where: str) -> None:
+    """Check that `value` is plain data: None, bool, int (64-bit), float, text, bytes, lists and
+    maps with text keys, at most MAX_DEPTH deep. No CBOR tags (dates, bignums, sets, shared
+    references that make cycles, ...): a consumer and `decode_any` can always write it as JSON.
+    Iterative, so no nesting can exhaust the stack."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, bool | float | str | bytes):
+            if isinstance(item, str) and not _utf8(item):
+                raise DecodeError(f"{where}: text with a lone surrogate")
+            continue
+        if _is_int(item):
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise DecodeError(f"{where}: integer beyond 64 bits")
+            continue
+        if depth >= MAX_DEPTH:
+            raise DecodeError(f"{where}: nested deeper than {MAX_DEPTH}")
+        if type(item) is list:
+            stack.extend((member, depth + 1) for member in item)
+        elif type(item) is dict:
+            for key, member in item.items():
+                if type(key) is not str or not _utf8(key):
+                    raise DecodeError(f"{where}: map key {_show(key)} is not text")
+                stack.append((member, depth + 1))
+        else:
+            raise DecodeError(f"{where}: {type(item).__name__} is not plain data (a CBOR tag?)")
+
+
+def _event(obj: dict, form: _Form) -> Event:
+    """Validate every member (type and range) and build the Event. Keys this schema does not
+    know are ignored: the schema grows by adding members (docs/events.md, Versioning)."""
+    k = form.key
+    missing = [k[a] for a in ("id", "time_ms", "kind", "source") if k[a] not in obj]
+    if missing:
+        raise DecodeError(f"not a wardgate event: missing {', '.join(map(repr, missing))}")
+    schema = SCHEMA_VERSION
+    if k["schema"] in obj:
+        schema = _int_member(obj, form, "schema", 1, 2**31 - 1)
+    raw_id = obj[k["id"]]
+    if form is _CBOR_FORM:
+        if type(raw_id) is not bytes or len(raw_id) != 16:
+            raise DecodeError("'i' (id) must be 16 bytes")
+        event_id = raw_id
+    else:
+        if not isinstance(raw_id, str) or not _HEX_ID.fullmatch(raw_id):
+            raise DecodeError("'id' must be 32 hex digits")
+        event_id = bytes.fromhex(raw_id)
+    time_ms = _int_member(obj, form, "time_ms", 0, MAX_TIME_MS - 1)
+    raw_kind = obj[k["kind"]]
+    kind = (
+        KIND_OF_CODE.get(raw_kind) if _is_int(raw_kind) and form is _CBOR_FORM
+        else _KIND_OF_NAME.get(raw_kind) if isinstance(raw_kind, str) and form is _JSON_FORM
+        else None
+    )  # fmt: skip
+    if kind is None:
+        expected = "a code 1..6" if form is _CBOR_FORM else f"one of {sorted(_KIND_OF_NAME)}"
+        raise DecodeError(f"{k['kind']!r} (kind) must be {expected}, not {_show(raw_kind)}")
+    severity = None
+    if k["severity"] in obj:
+        raw = obj[k["severity"]]
+        if form is _CBOR_FORM:
+            severity = _SEVERITY_OF_CODE.get(raw) if _is_int(raw) else None
+        elif isinstance(raw, str):
+            severity = _SEVERITY_OF_NAME.get(raw.lower())
+        if severity is None:
+            expected = "a code 0..3" if form is _CBOR_FORM else f"one of {list(_SEVERITY_OF_NAME)}"
+            raise DecodeError(f"{k['severity']!r} (severity) must be {expected}, not {_show(raw)}")
+    clock_synced = obj.get(k["clock_synced"], True)
+    if type(clock_synced) is not bool:
+        raise DecodeError(f"{k['clock_synced']!r} (clock_synced) must be true or false")
+    seq = obj.get(k["seq"])
+    if seq is not None:
+        seq = _int_member(obj, form, "seq", 0, 2**63 - 1)
+    data = obj.get(k["data"], {})
+    if type(data) is not dict:
+        raise DecodeError(f"{k['data']!r} (data) must be a map")
+    _plain(data, f"{k['data']!r} (data)")
+    return Event(
+        kind=kind,
+        source=_text_member(obj, form, "source", required=True),
+        data=data,
+        severity=severity,
+        gateway=_text_member(obj, form, "gateway", required=False),
+        id=event_id,
+        time_ms=time_ms,
+        clock_synced=clock_synced,
+        seq=seq,
+        schema=schema,
+    )
+
+
+def _bounded(payload: Any) -> bytes:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise DecodeError(f"a payload is bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
     if not payload:
         raise DecodeError("empty payload")
-    stripped = payload.lstrip()
-    if stripped[:1] == b"{":
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"invalid JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise DecodeError("JSON payload is not an object")
-        return Event.from_json_dict(obj)
-    obj = _cbor_map(payload)
-    unknown = set(obj) - set(_SHORT_TO_LONG)
-    if unknown:
-        raise DecodeError(f"unknown CBOR keys {sorted(map(str, unknown))}")
-    long = {_SHORT_TO_LONG[k]: v for k, v in obj.items()}
-    if isinstance(long.get("id"), bytes):
-        long["id"] = long["id"].hex()
-    if isinstance(long.get("kind"), int):
-        if long["kind"] not in KIND_OF_CODE:
-            raise DecodeError(f"unknown kind code {long['kind']}")
-        long["kind"] = KIND_OF_CODE[long["kind"]]
-    if isinstance(long.get("severity"), int):
-        long["severity"] = Severity(long["severity"]).name
-    return Event.from_json_dict(long)
+    if len(payload) > MAX_PAYLOAD:
+        raise DecodeError(f"payload of {len(payload)} bytes: events are at most {MAX_PAYLOAD}")
+    return payload
+
+
+def _is_json(payload: bytes) -> bool:
+    return payload.lstrip()[:1] == b"{"
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except RecursionError:
+        raise DecodeError("invalid JSON: nested too deep") from None
+    except ValueError as exc:  # also UnicodeDecodeError, and integers of over 4300 digits
+        raise DecodeError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("JSON payload is not an object")
+    return obj
+
+
+def decode(payload: bytes) -> Event:
+    """Decode a CBOR or JSON event payload (auto-detected).
+
+    Raises DecodeError, and nothing else, for anything that is not a valid event: a receiver
+    that catches DecodeError survives any payload (tests/test_events_fuzz.py).
+    """
+    payload = _bounded(payload)
+    if _is_json(payload):
+        return _event(_json_object(payload), _JSON_FORM)
+    return _event(_cbor_map(payload), _CBOR_FORM)
 
 
 def _cbor_map(payload: bytes) -> dict[Any, Any]:
@@ -275,8 +447,8 @@ def _cbor_map(payload: bytes) -> dict[Any, Any]:
     stream = io.BytesIO(payload)
     try:
         obj = cbor2.CBORDecoder(stream).decode()
-    except Exception as exc:  # cbor2 raises several types on garbage
-        raise DecodeError(f"invalid CBOR: {exc}") from exc
+    except Exception as exc:  # cbor2 raises several types on garbage (also RecursionError)
+        raise DecodeError(f"invalid CBOR: {type(exc).__name__}: {exc}"[:300]) from None
     if stream.tell() != len(payload):
         raise DecodeError(f"invalid CBOR: {len(payload) - stream.tell()} bytes after the value")
     if not isinstance(obj, dict):
@@ -286,14 +458,16 @@ def _cbor_map(payload: bytes) -> dict[Any, Any]:
 
 def decode_any(payload: bytes) -> dict[str, Any]:
     """JSON view of any wardgate payload: events, and the JSON or CBOR objects of state,
-    command replies and acknowledgements. Raises DecodeError for anything else."""
+    command replies and acknowledgements. Raises DecodeError, and nothing else, for anything
+    else."""
+    payload = _bounded(payload)
     try:
         return json.loads(decode(payload).to_json())  # bytes inside `data` become hex
     except DecodeError as exc:
         first_error = exc
-    if payload.lstrip()[:1] == b"{":
-        try:
-            return json.loads(payload)
-        except ValueError:
-            raise first_error from None
-    return json.loads(json.dumps(_cbor_map(payload), default=_json_default))
+    try:
+        obj = _json_object(payload) if _is_json(payload) else _cbor_map(payload)
+        _plain(obj, "payload")
+    except DecodeError:
+        raise first_error from None
+    return json.loads(json.dumps(obj, default=_json_default))

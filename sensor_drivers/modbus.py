@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from edge.pipeline import Context, NotAccepted
+from protocol import faults
 from sensor_drivers.config import ModbusDevice, PortSettings
 from sensor_drivers.modbus_profile import Flag, Profile, load_profile
 from sensor_drivers.port import PortPipeline, Reconnector, describe_missing, resolve
@@ -167,8 +168,8 @@ class ModbusPortPipeline(PortPipeline):
             raw = self._read(device)
         except PollError as exc:
             code = exc.code
-            if code == "timeout" and self._rx_seen:
-                code = "crc"  # bytes came back, but no frame whose CRC checks
+            if code == faults.TIMEOUT and self._rx_seen:
+                code = faults.CRC  # bytes came back, but no frame whose CRC checks
                 self.crc_errors += 1
             self._failed(device, code, str(exc))
             return
@@ -195,15 +196,17 @@ class ModbusPortPipeline(PortPipeline):
             try:
                 rr = calls[table](first, count=count, device_id=device.unit)
             except ModbusException as exc:
-                raise PollError("timeout", f"unit {device.unit}: {exc}") from None
+                raise PollError(faults.TIMEOUT, f"unit {device.unit}: {exc}") from None
             except (OSError, ValueError) as exc:
-                raise PollError("port", f"unit {device.unit}: {exc}") from None
+                raise PollError(faults.PORT_FAULT, f"unit {device.unit}: {exc}") from None
             if rr.isError():
                 code = getattr(rr, "exception_code", None)
-                raise PollError("exception", f"unit {device.unit}: Modbus exception {code}")
+                raise PollError(faults.EXCEPTION, f"unit {device.unit}: Modbus exception {code}")
             values = rr.registers if table in ("input", "holding") else rr.bits[:count]
             if len(values) < count:
-                raise PollError("short", f"unit {device.unit}: {len(values)} of {count} values")
+                raise PollError(
+                    faults.SHORT_REPLY, f"unit {device.unit}: {len(values)} of {count} values"
+                )
             out[table] = list(values)
         return out
 

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from edge.pipeline import Context, NotAccepted
+from protocol import faults
 from protocol import node_protocol as np
 from protocol.names import is_short_name, node_label
 from sensor_drivers.config import PortSettings
@@ -201,7 +202,7 @@ class NodePortPipeline(PortPipeline):
         state.frames += 1
         state.last_seen = now
         if state.silent:
-            self.ctx.emit("fault", state.label, {"active": False, "code": "silent"})
+            self.ctx.emit("fault", state.label, {"active": False, "code": faults.SILENT})
             state.silent = False
         if msg.type == np.HELLO and msg.fields["boot_id"] != state.boot_id:
             if state.boot_id is not None:
@@ -351,7 +352,7 @@ class NodePortPipeline(PortPipeline):
             since = state.last_seen if state.last_seen is not None else state.watch_from
             if not state.silent and now - since > limit:
                 self.ctx.emit(
-                    "fault", state.label, {"active": True, "code": "silent", "after_s": limit}
+                    "fault", state.label, {"active": True, "code": faults.SILENT, "after_s": limit}
                 )
                 state.silent = True
 

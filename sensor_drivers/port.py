@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 import serial
 
 from edge.pipeline import Context, Pipeline
+from protocol import faults
 from protocol.retry import Backoff
 from sensor_drivers.config import BY_ID_DIR, resolve
 
 if TYPE_CHECKING:
     from sensor_drivers.config import PortSettings
     from sensor_drivers.readings import ReadingGate
+
 
 class PortError(Exception):
     """The port cannot be used now; the message says why and what to do.
@@ -203,13 +205,15 @@ class PortPipeline(Pipeline):
     def _port_up(self, where: str) -> None:
         self.set_state("ok", where)
         if self._port_fault:  # the flag changes only once the event is durable (NotAccepted)
-            self.ctx.emit("fault", self.settings.name, {"active": False, "code": "port"})
+            self.ctx.emit("fault", self.settings.name, {"active": False, "code": faults.PORT_FAULT})
             self._port_fault = False
 
     def _port_down(self, why: str, reason: str) -> None:
         self.set_state("degraded", why)
         if not self._port_fault:
             self.ctx.emit(
-                "fault", self.settings.name, {"active": True, "code": "port", "reason": reason}
+                "fault",
+                self.settings.name,
+                {"active": True, "code": faults.PORT_FAULT, "reason": reason},
             )
             self._port_fault = True

@@ -108,7 +108,7 @@ def _modules_after(code: str) -> set[str]:
 def test_protocol_is_light():
     loaded = _modules_after(
         "import protocol, protocol.events, protocol.topics, protocol.names, protocol.node_protocol,"
-        " protocol.retry"
+        " protocol.retry, protocol.faults"
     )
     heavy = {"paho", "pydantic", "numpy", "cv2", "serial", "pymodbus", "cryptography"}
     ours = set(PACKAGES) - {"protocol"}

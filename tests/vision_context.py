@@ -15,6 +15,7 @@ from typing import Any
 
 from edge.config import Config, from_dict
 from protocol.events import Event, Kind, Severity
+from tests import event_schema
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -54,6 +55,7 @@ class RecordingContext:
         )
         size = len(event.to_cbor())  # fails here if the data cannot go on the wire
         event.to_json()
+        event_schema.check(event.to_cbor())  # decodes, and keeps the contract's JSON Schema
         with self._cond:
             self.events.append(event)
             self.wire_sizes.append(size)

@@ -29,6 +29,7 @@ from edge.vision.smoke import SmokeCue, SmokeDetector
 from edge.vision.snapshot import SnapshotTooLarge, encode_snapshot
 from edge.vision.sources import Frame, FrameSource
 from edge.vision.tracker import Tracker, TrackEvent
+from protocol import faults
 
 SMOKE_COLOUR = (0, 140, 255)  # orange boxes on smoke snapshots (BGR)
 
@@ -354,7 +355,7 @@ class CameraPipeline(Pipeline):
                     self.event_source,
                     {
                         "active": False,
-                        "code": "camera_offline",
+                        "code": faults.CAMERA_OFFLINE,
                         "down_s": round(now - self._offline_since, 1),
                     },
                 )
@@ -377,7 +378,7 @@ class CameraPipeline(Pipeline):
             self.ctx.emit(  # the flag flips only once the fault is durable
                 "fault",
                 self.event_source,
-                {"active": True, "code": "camera_offline", "error": why[:60]},
+                {"active": True, "code": faults.CAMERA_OFFLINE, "error": why[:60]},
             )
             self._offline = True
             self._offline_since = now - age
