@@ -253,3 +253,51 @@ def test_one_backoff():
             if path.name != "test_structure.py" and idioms.search(path.read_text("utf-8")):
                 offenders.append(path.relative_to(REPO).as_posix())
     assert offenders == []
+
+
+# --- what loads where -----------------------------------------------------------------------------
+
+
+def _gateway_modules(tmp_path, extra: str) -> set[str]:
+    """The top-level modules a started gateway has loaded (broker unreachable: never needed)."""
+    text = f"""
+[gateway]
+id = "gw-load"
+district = "d01"
+ward = "w01"
+
+[uplink]
+host = "127.0.0.1"
+port = 1
+
+[outbox]
+path = "{tmp_path / "outbox.sqlite3"}"
+{extra}
+"""
+    (tmp_path / "config.toml").write_text(text)
+    return _modules_after(
+        "from edge import config\nfrom edge.runtime import Gateway\nimport time\n"
+        f"gw = Gateway(config.load({str(tmp_path / 'config.toml')!r}))\n"
+        "gw.start()\ntime.sleep(1.0)\ngw.stop()"
+    )
+
+
+def test_cv2_and_numpy_load_only_when_a_camera_is_enabled(tmp_path):
+    (tmp_path / "a").mkdir()
+    without = _gateway_modules(tmp_path / "a", "")
+    assert without & {"cv2", "numpy", "ai_edge_litert", "tflite_runtime"} == set(), without
+    clip = REPO / "tests" / "data" / "vtest_people.mp4"
+    camera = f'\n[[vision.cameras]]\nname = "lobby"\nfile = "{clip}"\nrealtime = false\n'
+    (tmp_path / "b").mkdir()
+    assert {"cv2", "numpy"} <= _gateway_modules(tmp_path / "b", camera)
+
+
+def test_the_operations_center_loads_no_gateway_stack():
+    """wardgate[central] has no OpenCV, LiteRT, pymodbus or pyserial: it must not need them."""
+    loaded = _modules_after(
+        "import central.service, central.console.app, central.ingest, central.store,"
+        " central.dc09, central.opcmd, central.screen, central.cli"
+    )
+    gateway_stack = {"cv2", "numpy", "ai_edge_litert", "tflite_runtime", "pymodbus", "serial",
+                     "sensor_drivers", "devtools", "provisioning", "firmware"}  # fmt: skip
+    assert loaded & gateway_stack == set()
