@@ -64,7 +64,30 @@ def render(store: Store, title: str = "wardgate alarms") -> Any:
             _age(g["last_seen_ms"], now) + " ago",
             style=None if state == "online" else "bold red",
         )
-    return Group(queue, gw)
+    return Group(_status_line(store, now), queue, gw)
+
+
+def _status_line(store: Store, now: int) -> Any:
+    """Each ingest instance's broker link, as it last wrote it: never an empty table that looks
+    like a quiet night."""
+    from rich.text import Text
+
+    text = Text()
+    rows = store.status()
+    if not rows:
+        return Text("no ingest has run on this store yet (wardgate central run)", "bold red")
+    for row in rows:
+        age = (now - row["heartbeat_ms"]) / 1000
+        if age > 10:
+            text.append(f"ingest {row['instance']}: NOT RUNNING (last seen {age:.0f} s ago)\n",
+                        "bold red")  # fmt: skip
+        elif not row["connected"]:
+            text.append(f"ingest {row['instance']}: BROKER DOWN since "
+                        f"{time.strftime('%H:%M:%S', time.localtime(row['since_ms'] / 1000))}: "
+                        f"{row['detail']}\n", "bold red")  # fmt: skip
+        else:
+            text.append(f"ingest {row['instance']}: {row['detail']}\n", "green")
+    return text
 
 
 def run_screen(url: str, *, json_lines: bool, duration: float = 0, out: TextIO = sys.stdout) -> int:
@@ -73,7 +96,13 @@ def run_screen(url: str, *, json_lines: bool, duration: float = 0, out: TextIO =
     try:
         if json_lines:
             seen: dict[int, int] = {}
+            links: dict[str, tuple[bool, str]] = {}
             while deadline is None or time.monotonic() < deadline:
+                for row in store.status():
+                    link = (row["connected"], row["detail"])
+                    if links.get(row["instance"]) != link:
+                        links[row["instance"]] = link
+                        out.write(json.dumps({"what": "ingest", **row}) + "\n")
                 for inc in store.queue():
                     if seen.get(inc["id"]) != inc["revision"]:
                         seen[inc["id"]] = inc["revision"]

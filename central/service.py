@@ -34,7 +34,7 @@ class CentralService:
         self.config = config
         self.config_dir = config_dir or Path.cwd()
         self.live = LiveState()
-        self.store = Store(config.store.url)
+        self.store = Store(config.store.url, handover_targets=("dc09",) if config.dc09.host else ())
         self.webhook = (
             Webhook(config.webhook.url, self.live, config.webhook.timeout_s)
             if config.webhook.url
@@ -67,7 +67,15 @@ class CentralService:
 
         key = read_key_file(c.key_file) if c.key_file is not None else None
         return Dc09Forwarder(
-            c.host, c.port, c.account, key_hex=key, receiver=c.receiver, line=c.line
+            c.host,
+            c.port,
+            c.account,
+            key_hex=key,
+            receiver=c.receiver,
+            line=c.line,
+            on_result=lambda event_id, outcome: self.store.handover_result(
+                event_id, "dc09", outcome
+            ),
         )
 
     def _on_new_event(self, site: str, event: Event, result: Ingested) -> None:
@@ -97,6 +105,23 @@ class CentralService:
         else:
             return
         self.dc09.submit(kind, code, f"{site} {event.source}", event.time_ms, event.id_hex)
+
+    def _status_loop(self) -> None:
+        """This instance's broker link and counters into the store, every 2 s: screens in
+        other processes (`wardgate alarms`, a second console) show them too."""
+        instance = self.ingest.opts.endpoint.client_id
+        while True:
+            snap = self.live.snapshot()
+            broker = snap["broker"]
+            try:
+                self.store.set_status(
+                    instance, broker["connected"], broker["detail"], broker["since_ms"],
+                    snap["counts"],
+                )  # fmt: skip
+            except Exception as exc:
+                log.debug("status not stored: %s", exc)
+            if self._stop.wait(2.0):
+                return
 
     def _escalate_loop(self) -> None:
         after = self.config.alarms.escalate_after_s
@@ -168,8 +193,18 @@ class CentralService:
         if self.dc09 is not None:
             self.dc09.start()
             self.live.extra["dc09"] = self.dc09.status  # read at each snapshot
+            owed = self.store.handover_pending("dc09")
+            if owed:
+                log.warning("DC-09: %d hand-overs owed from before the restart; sending", len(owed))
+            for site, event in owed:
+                self._forward_dc09(site, event)
         self.ingest.start()
-        for target, name in ((self._escalate_loop, "escalation"), (self._watch_refusal, "refusal")):
+        loops = (
+            (self._escalate_loop, "escalation"),
+            (self._watch_refusal, "refusal"),
+            (self._status_loop, "status"),
+        )
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.events import Event, Kind
+from protocol.events import Event, Kind, Severity
 from protocol.faults import describe as describe_fault
 
 #: Queue categories, most urgent first: "fire before faults before tests" (the queue's sort).
@@ -200,7 +200,33 @@ CREATE INDEX audit_incident ON audit (incident_id);
 """,
     ),
 )
+MIGRATIONS += (
+    (
+        2,
+        "ingest status for every screen; durable hand-over to alarm receiving centres",
+        """
+CREATE TABLE service_status (
+    instance TEXT PRIMARY KEY,
+    broker_connected INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    since_ms BIGINT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL,
+    counts_json TEXT
+);
+CREATE TABLE handover (
+    event_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (event_id, target)
+);
+CREATE INDEX handover_pending ON handover (target, state);
+""",
+    ),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+#: the event kinds handed over to an alarm receiving centre (SIA DC-09): fire, smoke, faults
+HANDOVER_KINDS = frozenset({Kind.ALARM, Kind.SMOKE, Kind.FAULT})
 
 
 class _Dialect:
@@ -234,8 +260,11 @@ class Store:
     is what lets ingest acknowledge an alarm right after it.
     """
 
-    def __init__(self, url: str | Path) -> None:
+    def __init__(self, url: str | Path, *, handover_targets: Iterable[str] = ()) -> None:
         self.url = str(url)
+        # each new alarm, smoke or fault event is queued for these targets (e.g. "dc09") in its
+        # own ingest transaction: a hand-over survives a crash between the commit and the send
+        self.handover_targets = tuple(handover_targets)
         self._lock = threading.RLock()
         if self.url.startswith(("postgresql://", "postgres://")):
             import psycopg  # the operations center's install has it; SQLite users never load it
@@ -390,6 +419,13 @@ class Store:
                 incident_id,
             ),
         )
+        if event.kind in HANDOVER_KINDS:
+            for target in self.handover_targets:
+                cur.execute(
+                    "INSERT INTO handover (event_id, target, state, updated_ms)"
+                    " VALUES (?, ?, 'pending', ?)",
+                    (key, target, received_ms),
+                )
         return Ingested(key, True, incident_id, incident_new)
 
     def _open_incident(
@@ -496,6 +532,71 @@ class Store:
                 for r in cur.fetchall()
             ]
         return total, rows
+
+    # --- hand-over to alarm receiving centres ---------------------------------------------
+    def handover_result(self, event_id: str, target: str, state: str) -> None:
+        """`acked` ends a hand-over; `failed` (still retried) and `rejected` are recorded."""
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE handover SET state = ?, updated_ms = ? WHERE event_id = ? AND target = ?",
+                (state, _now(), event_id, target),
+            )
+            if state != "acked":
+                cur.audit("system", f"handover_{state}", None, None,
+                          {"event": event_id, "target": target})  # fmt: skip
+
+    def handover_pending(self, target: str) -> list[tuple[str, Event]]:
+        """(site, event) of every hand-over not acknowledged yet, oldest first: sent again
+        after a restart."""
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT e.site, e.id, e.kind, e.source, e.severity, e.time_ms, e.data_json"
+                " FROM handover h JOIN events e ON e.id = h.event_id"
+                " WHERE h.target = ? AND h.state <> 'acked' ORDER BY e.received_ms, e.id",
+                (target,),
+            )
+            rows = cur.fetchall()
+        out = []
+        for site, eid, kind, source, severity, time_ms, data_json in rows:
+            event = Event(
+                Kind(kind), source, json.loads(data_json), severity=Severity[severity.upper()],
+                id=bytes.fromhex(eid), time_ms=time_ms,
+            )  # fmt: skip
+            out.append((site, event))
+        return out
+
+    # --- the ingest instances' status (every screen shows it) ---------------------------------
+    def set_status(
+        self, instance: str, connected: bool, detail: str, since_ms: int, counts: dict[str, int]
+    ) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO service_status (instance, broker_connected, detail, since_ms,"
+                " heartbeat_ms, counts_json) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instance)"
+                " DO UPDATE SET broker_connected = excluded.broker_connected,"
+                " detail = excluded.detail, since_ms = excluded.since_ms,"
+                " heartbeat_ms = excluded.heartbeat_ms, counts_json = excluded.counts_json",
+                (instance, int(connected), detail[:500], since_ms, _now(), json.dumps(counts)),
+            )
+
+    def status(self) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT instance, broker_connected, detail, since_ms, heartbeat_ms, counts_json"
+                " FROM service_status ORDER BY instance"
+            )
+            rows = cur.fetchall()
+        return [
+            {
+                "instance": r[0],
+                "connected": bool(r[1]),
+                "detail": r[2],
+                "since_ms": r[3],
+                "heartbeat_ms": r[4],
+                "counts": _loads(r[5]) or {},
+            }
+            for r in rows
+        ]
 
     # --- gateways --------------------------------------------------------------------------
     def _ensure_gateway(self, cur: _Cursor, site: str, now: int) -> None:
@@ -854,9 +955,7 @@ class Store:
             escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern = f"%{escaped}%"
             like = "LIKE ? ESCAPE '\\'"
-            where.append(
-                f"(LOWER(site) {like} OR LOWER(source) {like} OR LOWER(data_json) {like})"
-            )
+            where.append(f"(LOWER(site) {like} OR LOWER(source) {like} OR LOWER(data_json) {like})")
             args.extend([pattern] * 3)
         if since_ms is not None:
             where.append("received_ms >= ?")

@@ -375,3 +375,54 @@ def test_stop_is_prompt_while_waiting_for_an_answer():
         assert f.pending() == ["e1"] and f.status()["state"] == "stopped"
     finally:
         silent.close()
+
+
+# --- the operations center hands over what it stores --------------------------------------------
+
+
+def _service(broker, tmp_path, port):
+    from central.config import load
+    from central.service import CentralService
+    from tests.central_support import central_config
+
+    key = tmp_path / "dc09.key"
+    key.write_text(KEY_HEX + "\n")
+    key.chmod(0o600)
+    extra = (
+        f'\n[dc09]\nhost = "127.0.0.1"\nport = {port}\naccount = "{ENC_ACCOUNT}"\n'
+        f'key_file = "{key}"\n'
+    )
+    svc = CentralService(load(central_config(broker, tmp_path, extra=extra)), config_dir=tmp_path)
+    svc.start(console=False)
+    wait_for(lambda: svc.live.broker.connected, 10, "ingest connected")
+    return svc
+
+
+def test_the_service_hands_alarms_and_faults_over_and_owes_them_across_a_restart(broker, tmp_path):
+    from protocol.events import Event, Kind
+    from tests.harness import Watcher
+
+    port = free_port()
+    gateway = Watcher(broker, client_id="dc09-gateway", topic="wg/v1/none/#")  # publishes only
+    base = "wg/v1/d01/w01/gw-test-1"
+    fire = Event(Kind.ALARM, "n07/smoke", {"cause": "smoke"})
+    fault = Event(Kind.FAULT, "n07", {"active": True, "code": "silent"})
+    svc = _service(broker, tmp_path, port)  # the desk is not up yet
+    try:
+        gateway.client.publish(f"{base}/evt/alarm", fire.to_cbor(), qos=1).wait_for_publish(5)
+        wait_for(lambda: len(svc.store.handover_pending("dc09")) == 1, 10, "the alarm stored")
+    finally:
+        svc.stop()  # stopped before the desk ever answered: the hand-over is owed
+    desk = Desk([SIAAccount(ENC_ACCOUNT, DESK_KEY)], port=port)
+    svc = _service(broker, tmp_path, port)
+    try:
+        first = desk.next(10)  # sent again after the restart, from the store
+        assert first.code == "FA" and "d01/w01/gw-test-1 n07/smoke" in first.extended_data[0].value
+        gateway.client.publish(f"{base}/evt/fault", fault.to_cbor(), qos=1).wait_for_publish(5)
+        second = desk.next(10)
+        assert second.code == "FT" and "silent" in second.extended_data[0].value
+        wait_for(lambda: svc.store.handover_pending("dc09") == [], 10, "both acknowledged")
+    finally:
+        svc.stop()
+        desk.stop()
+        gateway.conn.stop()

@@ -3,9 +3,11 @@ full filesystem. Nothing a gateway sends stops it; an alarm is acknowledged only
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import cbor2
@@ -264,3 +266,35 @@ def test_the_config_file_reports_every_problem_with_its_line(tmp_path):
     assert f"{bad}:2: broker.port" in proc.stderr
     assert f"{bad}:5: alarms.escalate_after_s" in proc.stderr
     assert f"{bad}:6: alarms.bogus" in proc.stderr
+
+
+def test_the_terminal_screen_shows_the_queue_and_the_broker_link(tmp_path, broker):
+    """`wardgate alarms --json` reads the store: the alarm, and the ingest's broker link, also
+    when the link is down (never an empty screen that looks like a quiet night)."""
+    central = CentralProcess(broker, tmp_path).start()
+    gw = make_gateway(tmp_path, broker)
+    gw.start()
+    screen = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "alarms", "--json", "--config", str(central.config)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    records: list[dict] = []
+
+    def read() -> None:
+        for line in screen.stdout:
+            records.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        alarm = gw.emit(Kind.ALARM, "n07/smoke", {"cause": "smoke"})
+        _until(lambda: any(r["what"] == "incident" and r["first_event"] == alarm.id_hex
+                           for r in records), 20, "the alarm on the screen")  # fmt: skip
+        _until(lambda: any(r["what"] == "ingest" and r["connected"] for r in records), 10,
+               "the broker link")  # fmt: skip
+        broker.stop()
+        _until(lambda: any(r["what"] == "ingest" and not r["connected"] for r in records), 20,
+               "the broker link down")  # fmt: skip
+    finally:
+        screen.terminate()
+        gw.stop()
+        central.stop()

@@ -37,7 +37,7 @@ def store(request, tmp_path):
     with s.transaction() as cur:
         cur.execute(
             "DROP TABLE IF EXISTS schema_migrations, gateways, sites, incidents, events, faults,"
-            " quarantine, users, audit"
+            " quarantine, users, audit, service_status, handover"
         )
     s.close()
 
@@ -147,3 +147,28 @@ def test_a_migration_added_later_is_applied_once(tmp_path, monkeypatch):
     assert s.schema_version() == 2
     s.close()
     assert Store(f"sqlite:///{path}").schema_version() == 2  # not applied twice
+
+
+def test_hand_over_is_queued_with_the_event_and_survives_until_acknowledged(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    s = Store(url, handover_targets=("dc09",))
+    fire, reading = alarm(), Event(Kind.READING, "n01/smoke", {"value": 1})
+    fault = Event(Kind.FAULT, "n01", {"active": True, "code": "silent"})
+    s.ingest([(SITE, fire, 1), (SITE, reading, 2), (SITE, fault, 3), (SITE, fire, 4)])
+    pending = s.handover_pending("dc09")
+    assert [(site, e.id_hex) for site, e in pending] == [(SITE, fire.id_hex), (SITE, fault.id_hex)]
+    assert pending[0][1] == fire.with_(clock_synced=pending[0][1].clock_synced)
+    s.handover_result(fire.id_hex, "dc09", "failed")
+    s.close()
+    s = Store(url, handover_targets=("dc09",))  # a restart: still owed
+    assert len(s.handover_pending("dc09")) == 2
+    s.handover_result(fire.id_hex, "dc09", "acked")
+    assert [e.id_hex for _, e in s.handover_pending("dc09")] == [fault.id_hex]
+    s.close()
+
+
+def test_ingest_status_rows(store):
+    store.set_status("ingest-a", True, "connected to broker:8884", 5, {"events": 3})
+    store.set_status("ingest-a", False, "disconnected: keepalive", 9, {"events": 4})
+    [row] = store.status()
+    assert row["connected"] is False and row["since_ms"] == 9 and row["counts"] == {"events": 4}
