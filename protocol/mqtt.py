@@ -1,6 +1,6 @@
 """The one MQTT connection policy (issue 14): every wardgate client connects through here.
 
-The gateway uplink (edge/uplink/mqtt.py), the fire brigade's receiver (central/receiver.py), the
+The gateway uplink (edge/uplink/mqtt.py), the operations center's ingest (central/ingest.py), the
 demo's operator view, `provision verify`'s live check and the test clients all take an
 `Endpoint` and get their paho client from `new_client`:
 
