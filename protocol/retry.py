@@ -4,8 +4,9 @@ Every retry loop of every role waits with this: the uplink's and the receivers' 
 (protocol/mqtt.py), pipeline restarts (edge/runtime.py), camera reconnects
 (edge/vision/sources.py), serial port reopens (sensor_drivers/port.py), webhook retries
 (central/webhook.py) and the SIA DC-09 hand-over (central/dc09.py). Full jitter ("Exponential
-Backoff And Jitter", AWS Architecture Blog, 2015): the n-th delay is uniform in [0, min(cap, initial * 2**n)], so a fleet of gateways that
-lost the broker at the same moment does not come back in lockstep.
+Backoff And Jitter", AWS Architecture Blog, 2015): the n-th delay is uniform in
+[0, min(cap, initial * 2**n)], so a fleet of gateways that lost the broker at the same moment
+does not come back in lockstep.
 
 Plain code on purpose: `protocol` is the light package of the decoder-only install (no `backoff`
 package there), and the serial and camera loops must not load paho to wait.
