@@ -160,7 +160,7 @@ class Ingest:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             if not self._stop.is_set():
-                detail = policy.explain(reason_code, self.opts.endpoint)
+                detail = policy.explain_disconnect(flags, reason_code, self.opts.endpoint)
                 log.warning("ingest lost the broker (%s); reconnecting", detail)
                 self.live.set_broker(False, f"disconnected: {detail}")
         except Exception:

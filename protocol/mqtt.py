@@ -257,6 +257,20 @@ def explain(reason_code: Any, endpoint: Endpoint | None = None) -> str:
     return f"{text} (0x{value:02X})" + (f": {hint}" if hint else "")
 
 
+def explain_disconnect(flags: Any, reason_code: Any, endpoint: Endpoint | None = None) -> str:
+    """Like `explain`, for an on_disconnect: without a DISCONNECT from the broker, paho reports
+    a lost connection as 0x80 and its own keepalive timeout as 0x8D, and those are not the
+    broker's words: say what happened instead of blaming the broker."""
+    if getattr(flags, "is_disconnect_packet_from_server", True):
+        return explain(reason_code, endpoint)
+    value = getattr(reason_code, "value", reason_code)
+    if value == 0x8D:
+        return "no answer from the broker within the keepalive (network stall or broker hung)"
+    if value == 0x80:
+        return "connection lost (the broker stopped or restarted, or the network broke)"
+    return explain(reason_code, endpoint)
+
+
 def explain_error(exc: BaseException, endpoint: Endpoint) -> str:
     """One line for a failed connection attempt (TLS, socket, our own files)."""
     where = endpoint.where

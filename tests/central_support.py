@@ -6,6 +6,7 @@ at what it stored (the same store the console reads).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,18 @@ from pathlib import Path
 from central.store import Store
 from tests.conftest import WATCHER_PASSWORD, WATCHER_USER
 from tests.harness import REPO
+
+#: Debian's Chromium (apt-get install chromium), driven by Playwright: no browser download
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",  # the alarm tone plays without a click
+]
 
 
 def central_config(
@@ -97,6 +110,14 @@ class CentralProcess:
                 break
             time.sleep(0.05)
         raise AssertionError(f"central: no {text!r} within {timeout} s:\n{self.output()}")
+
+    def console_url(self, timeout: float = 20) -> str:
+        """The console's address, from the service's log line `console on http://HOST:PORT/`
+        (with `console=True` it listens on a free port)."""
+        self.wait_line("console on http", timeout)
+        match = re.search(r"console on (https?://\S+/)", self.output())
+        assert match, self.output()
+        return match.group(1)
 
     @property
     def store(self) -> Store:

@@ -27,8 +27,8 @@ from central.console.settings import ConsoleSettings
 from central.live import LiveState
 from central.store import Store
 from protocol.events import Event, Kind, now_ms
+from tests.central_support import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
 SITE = "d03/w12/fp-d03-002"
 SITE2 = "d03/w14/fp-d03-007"
 SITE3 = "d01/w02/fp-d01-001"
@@ -413,15 +413,7 @@ def live_console(tmp_path_factory):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
+            args=CHROMIUM_ARGS,
         )
         yield {
             "store": store,

@@ -91,6 +91,19 @@ def test_reason_code_hints():
     assert "not accepting" in policy.explain(ReasonCode(PacketTypes.CONNACK, identifier=0x88))
     bad = ReasonCode(PacketTypes.CONNACK, identifier=0x86)
     assert "check username/password/password_file" in policy.explain(bad)
+    # paho's own words for a connection that ended without a DISCONNECT are not the broker's
+    from paho.mqtt.client import DisconnectFlags
+
+    lost, said = DisconnectFlags(False), DisconnectFlags(True)
+    unspecified = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)
+    assert policy.explain_disconnect(lost, unspecified).startswith("connection lost")
+    assert "without saying why" in policy.explain_disconnect(said, unspecified)
+    quiet = ReasonCode(PacketTypes.DISCONNECT, identifier=0x8D)
+    assert "no answer from the broker" in policy.explain_disconnect(lost, quiet)
+    assert "1.5 x keepalive" in policy.explain_disconnect(said, quiet)
+    assert "shutting down" in policy.explain_disconnect(
+        said, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8B)
+    )
 
 
 def test_an_untrusted_ca_is_explained(broker, pki, tmp_path):

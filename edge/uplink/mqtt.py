@@ -318,7 +318,8 @@ class Uplink:
             link.up = False
         link.down.set()
         if link is self._link and not self._stop.is_set():
-            policy.log_reason(log, "disconnected from broker", reason_code, self.endpoint)
+            detail = policy.explain_disconnect(flags, reason_code, self.endpoint)
+            log.warning("disconnected from broker: %s", detail)
 
     def _on_publish(self, client, link: _Link, mid, reason_code, properties) -> None:
         """A PUBACK (or, for QoS 0, a write) for message id `mid`: only a hint for the sender,

@@ -7,11 +7,15 @@ const empty = document.getElementById('queue-empty');
 const count = document.getElementById('queue-count');
 const LABEL = { fire: 'FIRE', smoke: 'SMOKE', fault: 'FAULT', test: 'TEST' };
 
+// Amber from 30 s, or from half the escalation time when that is shorter (so that a short
+// escalation time still shows amber before red); the legend above the queue says the same.
+const warnS = Math.min(30, escalateS / 2);
+
 function ageClass(item) {
   if (item.status !== 'new') return '';
   const s = (serverNow() - item.received_ms) / 1000;
   if (item.escalated_ms || s >= escalateS) return 'age-late';
-  if (s >= 30) return 'age-warn';
+  if (s >= warnS) return 'age-warn';
   return 'age-fresh';
 }
 
