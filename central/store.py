@@ -767,6 +767,17 @@ class Store:
                 " ORDER BY priority, received_ms, id"
             )
             rows = [_incident_row(r) for r in cur.fetchall()]
+            # every sensor of a grouped incident, first seen first
+            cur.execute(
+                "SELECT e.incident_id, e.source, MIN(e.received_ms) AS first FROM events e"
+                " JOIN incidents i ON i.id = e.incident_id WHERE i.status <> 'resolved'"
+                " GROUP BY e.incident_id, e.source ORDER BY first"
+            )
+            sources: dict[int, list[str]] = {}
+            for incident_id, source, _ in cur.fetchall():
+                sources.setdefault(int(incident_id), []).append(source)
+        for row in rows:
+            row["sources"] = sources.get(row["id"], [row["source"]])
         return rows
 
     def release_expired_holds(self, now_ms: int) -> list[int]:
@@ -1163,6 +1174,8 @@ def _summary(event: Event) -> str:
     cause = event.data.get("cause")
     if event.kind is Kind.SMOKE:
         return "camera smoke" + (" (test)" if is_test(event) else "")
+    if cause == "test":
+        return "test alarm"
     return f"{cause or 'alarm'}" + (" (test)" if is_test(event) else "")
 
 

@@ -410,6 +410,12 @@ def test_alarm_chain_end_to_end(chain):
         page.wait_for_selector(
             f"tr[data-id='{second['id']}'] td.count:has-text('×3')", timeout=3000
         )
+    # a grouped line names every sensor in it, not only the first
+    more = a.locator(f"tr[data-id='{second['id']}'] .more").inner_text()
+    assert LABELS["n07/flame"] in more and LABELS["n07/mcp"] in more, more
+    # a test alarm waits without the ageing colours of a fire (it never escalates)
+    test_row = a.locator(f"tr[data-id='{test['id']}']")
+    assert "age-" not in (test_row.get_attribute("class") or "")
     # a wire cut at the node's heat detector: a line fault, listed between fire and test
     node.open_line("heat")
     fault = until(lambda: open_incident(store, "fault"), 10, "the line fault")

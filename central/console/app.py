@@ -203,7 +203,13 @@ def queue_item(
             )
         },  # fmt: skip
         "owner_name": names.get(inc["owner"] or "", inc["owner"]),
-        "label": (gw.get("labels") or {}).get(inc["source"]),
+        "label": label_of(gw.get("labels"), inc["source"]),
+        # the other sensors of a grouped incident, so that "x3" never hides a second sensor
+        "more": [
+            label_of(gw.get("labels"), src) or src
+            for src in inc.get("sources", ())
+            if src != inc["source"]
+        ],
         "name": gw.get("name"),
         "address": gw.get("address"),
         "district": district,
@@ -211,6 +217,18 @@ def queue_item(
         "gateway": gateway,
         "gateway_silent": bool(gw.get("silent")) or gw.get("online") is False,
     }
+
+
+def label_of(labels: dict[str, str] | None, source: str) -> str | None:
+    """A source's human label from the gateway's birth: the source's own, else its node's or
+    detector's ("n07/heat" -> "kitchen node (heat)"), else None."""
+    labels = labels or {}
+    if source in labels:
+        return labels[source]
+    head, _, rest = source.partition("/")
+    if rest and head in labels:
+        return f"{labels[head]} ({rest})"
+    return None
 
 
 def _local(ms: int | None, fmt: str) -> str:
@@ -252,6 +270,7 @@ def create_app(
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.filters["hms"] = lambda ms: _local(ms, "%H:%M:%S")
+    env.filters["label_of"] = lambda source, labels: label_of(labels, source) or source
     env.filters["dt"] = lambda ms: _local(ms, "%Y-%m-%d %H:%M:%S")
     env.filters["pretty"] = lambda v: json.dumps(v, indent=1, sort_keys=True, default=str)
     env.globals.update(
@@ -475,7 +494,7 @@ def create_app(
             "inc": inc,
             "gw": gw,
             "site": site,
-            "label": labels.get(inc["source"]),
+            "label": label_of(labels, inc["source"]),
             "labels": labels,
             "cameras": snaps_here,
             "owner_name": names.get(inc["owner"] or "", inc["owner"]),
@@ -602,7 +621,7 @@ def create_app(
         for f in faults:
             gw = by_site.get(f["site"]) or {}
             f["name"] = gw.get("name")
-            f["label"] = (gw.get("labels") or {}).get(f["source"])
+            f["label"] = label_of(gw.get("labels"), f["source"])
         return render(
             request,
             "gateways.html",
@@ -721,7 +740,7 @@ def create_app(
                     _local(r["received_ms"], "%Y-%m-%d %H:%M:%S"),
                     _local(r["time_ms"], "%Y-%m-%d %H:%M:%S"),
                     r["kind"], int(r["test"]), r["severity"], r["district"], r["ward"],
-                    r["gateway"], r["source"], (labels.get(r["site"]) or {}).get(r["source"]),
+                    r["gateway"], r["source"], label_of(labels.get(r["site"]), r["source"]),
                     r["incident_id"], r["id"],
                     json.dumps(r["data"], sort_keys=True, separators=(",", ":")),
                 )]

@@ -12,7 +12,7 @@ const LABEL = { fire: 'FIRE', smoke: 'SMOKE', fault: 'FAULT', test: 'TEST' };
 const warnS = Math.min(30, escalateS / 2);
 
 function ageClass(item) {
-  if (item.status !== 'new') return '';
+  if (item.status !== 'new' || item.category === 'test') return '';  // tests never escalate
   const s = (serverNow() - item.received_ms) / 1000;
   if (item.escalated_ms || s >= escalateS) return 'age-late';
   if (s >= warnS) return 'age-warn';
@@ -50,6 +50,7 @@ function row(item) {
       item.gateway_silent ? el('span', { class: 'badge bad' }, 'gateway silent') : null)),
   el('td', { class: 'what' },
     el('div', { class: 'label' }, item.label || item.source),
+    item.more && item.more.length ? el('div', { class: 'more' }, `+ ${item.more.join(', ')}`) : null,
     el('div', { class: 'sub' }, item.summary, item.cleared_ms ? ' · cleared' : '')),
   el('td', { class: 'count' }, item.event_count > 1 ? `×${item.event_count}` : ''),
   el('td', { class: 'age' }, age(item.received_ms)),
