@@ -422,6 +422,8 @@ def test_the_service_hands_alarms_and_faults_over_and_owes_them_across_a_restart
         second = desk.next(10)
         assert second.code == "FT" and "silent" in second.extended_data[0].value
         wait_for(lambda: svc.store.handover_pending("dc09") == [], 10, "both acknowledged")
+        link = svc.live.snapshot()["dc09"]  # what every console screen shows (the ARC pill)
+        assert link["n_acked"] == 2 and link["queued"] == 0 and link["encrypted"] is True
     finally:
         svc.stop()
         desk.stop()

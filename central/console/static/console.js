@@ -90,6 +90,20 @@ function brokerBanner(broker) {
   body.dataset.broker = broker.connected ? 'up' : 'down';
 }
 
+// The hand-over to the alarm receiving centre (SIA DC-09), when one is configured: "ARC ok", or
+// how many alarms and faults still wait for the desk's acknowledgement.
+function arcPill(dc09) {
+  const pill = document.getElementById('dc09-pill');
+  if (!pill) return;
+  pill.hidden = !dc09;
+  if (!dc09) return;
+  const waiting = dc09.queued + dc09.rejected;
+  const healthy = ['idle', 'waiting_ack', 'connecting'].includes(dc09.state) && dc09.rejected === 0;
+  pill.textContent = healthy && waiting <= 1 ? 'ARC ok' : `ARC: ${waiting} waiting (${dc09.state})`;
+  pill.className = healthy && waiting <= 1 ? 'pill ok' : 'pill bad';
+  pill.title = `SIA DC-09 to ${dc09.peer}: ${dc09.last_error || 'no error'}`;
+}
+
 // --- sound ---------------------------------------------------------------------------------
 const KNOWN_KEY = 'wg-known-incidents';
 const stored = sessionStorage.getItem(KNOWN_KEY);
@@ -160,6 +174,7 @@ function apply(state) {
   last = state;
   body.dataset.revision = String(state.revision);
   brokerBanner(state.live.broker);
+  arcPill(state.live.dc09);
   header(state);
   document.getElementById('clock').textContent = hms(serverNow());
   sound(state);
