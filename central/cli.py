@@ -128,7 +128,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if cfg is None:
         return EXIT_CONFIG
-    from central.accounts import add_user
+    from central.accounts import AccountError, add_user
     from central.store import Store
 
     if args.password_file is not None:
@@ -142,12 +142,12 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         if password != getpass.getpass("again: "):
             print("the two passwords differ", file=sys.stderr)
             return EXIT_USAGE
-    if len(password) < 8:
-        print("a console password has at least 8 characters", file=sys.stderr)
-        return EXIT_USAGE
     store = Store(cfg.store.url)
     try:
         add_user(store, args.name, args.role, args.display_name or args.name, password)
+    except AccountError as exc:  # a bad name or a short password: say which
+        print(f"wardgate central user add: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         store.close()
     print(f"{args.name}: {args.role}")

@@ -298,3 +298,19 @@ def test_the_terminal_screen_shows_the_queue_and_the_broker_link(tmp_path, broke
         screen.terminate()
         gw.stop()
         central.stop()
+
+
+def test_user_add_names_a_bad_account_and_stores_a_good_one(tmp_path):
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    pw = tmp_path / "pw"
+    pw.write_text("short\n")
+    base = [sys.executable, "-m", "edge.cli", "central", "user", "add"]
+    bad = subprocess.run([*base, "anna", "--role", "dispatcher", "--password-file", str(pw),
+                          "--db", db], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "at least 8 characters" in bad.stderr
+    pw.write_text("a-long-enough-password\n")
+    good = subprocess.run([*base, "anna", "--role", "supervisor", "--password-file", str(pw),
+                           "--db", db], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    user = Store(db).user("anna")
+    assert user["role"] == "supervisor" and user["password_hash"].startswith("$argon2")
