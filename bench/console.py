@@ -1,7 +1,7 @@
 """Operations-center benchmark (issue 9): alarm to a dispatcher's screen, and ingest rates.
 
-    .venv/bin/python bench/console.py            # full run, about 5 min
-    .venv/bin/python bench/console.py --quick    # smoke run, about 40 s (keeps it from rotting)
+    .venv/bin/python bench/console.py            # full run, about 3 min 15 s
+    .venv/bin/python bench/console.py --quick    # smoke run, about 15 s (keeps it from rotting)
     .venv/bin/python bench/console.py --json out.json --keep   # also save results, keep logs
 
 Nothing is mocked. One private Mosquitto (devtools.devbroker; passwords and an ACL: an `ingest`
