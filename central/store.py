@@ -661,7 +661,10 @@ class Store:
                 " s.latitude, s.longitude, s.contact_name, s.contact_phone"
                 " FROM gateways g LEFT JOIN sites s ON s.site = g.site ORDER BY g.site"
             )
-            return [_gateway_row(r) for r in cur.fetchall()]
+            rows = cur.fetchall()
+        # the JSON is decoded outside the store's lock: with 1,000 gateways that is ~10 ms that
+        # ingest's writer (an alarm's commit) no longer waits behind (bench/console.py)
+        return [_gateway_row(r) for r in rows]
 
     def gateway(self, site: str) -> dict[str, Any] | None:
         for row in self.gateways():
