@@ -258,12 +258,14 @@ class Ingest:
         else:
             return  # stopping: nothing acknowledged, the broker redelivers to the next run
         changed = bool(quarantine or stored_states)
+        urgent = False  # a new alarm or camera smoke: every screen at once, not batched
         for (site, event, _, _m), result in zip(events, results, strict=True):
             if event.kind is Kind.ALARM:
                 self._ack_gateway(site, event.id_hex)
             if result.new:
                 self.live.count("events")
                 changed = True
+                urgent = urgent or event.kind in (Kind.ALARM, Kind.SMOKE)
                 if self.on_incident is not None:
                     try:
                         self.on_incident(site, event, result)
@@ -281,7 +283,7 @@ class Ingest:
         if self.conn.connected.is_set() and "store error" in self.live.broker.detail:
             self.live.set_broker(True, f"connected to {self.opts.endpoint.where}")
         if changed:
-            self.live.changed()
+            self.live.changed(urgent=urgent)
 
     def _split_refused(
         self, events: list[tuple[str, Event, int, _Msg]]

@@ -43,13 +43,17 @@ class LiveState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.urgent_revision = 0  # the revision of the last new alarm (changed(urgent=True))
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     # --- writers (any thread) --------------------------------------------------------------
-    def changed(self) -> None:
+    def changed(self, *, urgent: bool = False) -> None:
+        """The store changed; `urgent` for a new alarm, which the screens must not batch."""
         with self._lock:
             self.revision += 1
+            if urgent:
+                self.urgent_revision = self.revision
             waiters = list(self._waiters)
         for loop, event in waiters:
             try:

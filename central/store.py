@@ -653,24 +653,41 @@ class Store:
                 cur.audit("system", "gateway_silent", None, site, {})
         return sites
 
-    def gateways(self) -> list[dict[str, Any]]:
+    def gateways(self, sites: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Every gateway with its site card, or only those of `sites` (the queue's: a screen's
+        refresh must not decode a whole city's heartbeats, bench/console.py)."""
+        sql = (
+            "SELECT g.site, g.district, g.ward, g.gateway, g.online, g.last_seen_ms, g.silent,"
+            " g.state_json, g.tele_json, g.tele_ms, g.labels_json, s.name, s.address,"
+            " s.latitude, s.longitude, s.contact_name, s.contact_phone"
+            " FROM gateways g LEFT JOIN sites s ON s.site = g.site"
+        )
+        args: list[str] = []
+        if sites is not None:
+            args = sorted(set(sites))
+            if not args:
+                return []
+            sql += f" WHERE g.site IN ({', '.join('?' * len(args))})"
         with self.transaction() as cur:
-            cur.execute(
-                "SELECT g.site, g.district, g.ward, g.gateway, g.online, g.last_seen_ms, g.silent,"
-                " g.state_json, g.tele_json, g.tele_ms, g.labels_json, s.name, s.address,"
-                " s.latitude, s.longitude, s.contact_name, s.contact_phone"
-                " FROM gateways g LEFT JOIN sites s ON s.site = g.site ORDER BY g.site"
-            )
+            cur.execute(sql + " ORDER BY g.site", args)
             rows = cur.fetchall()
         # the JSON is decoded outside the store's lock: with 1,000 gateways that is ~10 ms that
         # ingest's writer (an alarm's commit) no longer waits behind (bench/console.py)
         return [_gateway_row(r) for r in rows]
 
     def gateway(self, site: str) -> dict[str, Any] | None:
-        for row in self.gateways():
-            if row["site"] == site:
-                return row
-        return None
+        rows = self.gateways([site])
+        return rows[0] if rows else None
+
+    def gateway_counts(self) -> tuple[int, int]:
+        """(gateways, of them silent or offline): the header's count without decoding any."""
+        with self.transaction() as cur:
+            cur.execute(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN silent = 1 OR online = 0 THEN 1 ELSE 0"
+                " END), 0) FROM gateways"
+            )
+            total, unwell = cur.fetchone()
+        return int(total), int(unwell)
 
     # --- sites and run cards ---------------------------------------------------------------
     SITE_FIELDS = (

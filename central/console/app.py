@@ -133,9 +133,11 @@ class _Snapshots:
                 and not self._hold_due(cached)
             ):
                 return cached
-            # a burst of changes (ingest under load): at most one build per MIN_INTERVAL_S
+            # a burst of changes (ingest under load): at most one build per MIN_INTERVAL_S,
+            # except when a new alarm came in since the last build: that one goes out at once
             wait = self._built + self.MIN_INTERVAL_S - time.monotonic()
-            if wait > 0:
+            urgent = cached is None or self.live.urgent_revision > cached[0]
+            if wait > 0 and not urgent:
                 await asyncio.sleep(wait)
             released = await run_in_threadpool(self.store.release_expired_holds, now_ms())
             if released:  # a hold ran out: back in everybody's queue
@@ -157,18 +159,20 @@ class _Snapshots:
 
     def build(self) -> dict[str, Any]:
         now = now_ms()
-        gateways = {g["site"]: g for g in self.store.gateways()}
+        incidents = self.store.queue(now)
+        # only the queue's gateways are decoded: the rest of the city is two counts
+        gateways = {g["site"]: g for g in self.store.gateways({i["site"] for i in incidents})}
         names = {u["username"]: u["display_name"] for u in self.store.users()}
-        queue = [queue_item(inc, gateways.get(inc["site"]), names) for inc in self.store.queue(now)]
+        queue = [queue_item(inc, gateways.get(inc["site"]), names) for inc in incidents]
         faults = self.store.faults()
-        silent = [g for g in gateways.values() if g["silent"] or g["online"] is False]
+        total, unwell = self.store.gateway_counts()
         return {
             "now_ms": now,
             "live": self.live.snapshot(),
             "queue": queue,
             "faults": len(faults),
-            "silent": len(silent),
-            "gateways": len(gateways),
+            "silent": unwell,
+            "gateways": total,
             "escalate_after_s": self.settings.escalate_after_s,
         }
 
