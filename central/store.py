@@ -362,11 +362,42 @@ class Store:
         """
         results: list[Ingested] = []
         with self.transaction() as cur:
-            for site, event, received_ms in items:
-                results.append(self._ingest_one(cur, site, event, received_ms))
+            self._ingest_batch(cur, items, results)
             for topic, payload, reason, received_ms in quarantine:
                 self._quarantine(cur, topic, payload, reason, received_ms)
         return results
+
+    #: ids looked up per statement when a batch is checked for duplicates
+    _DEDUPE_CHUNK = 500
+
+    def _ingest_batch(
+        self, cur: _Cursor, items: Sequence[tuple[str, Event, int]], results: list[Ingested]
+    ) -> None:
+        """A batch costs one duplicate lookup per 500 events and one liveness write per
+        gateway, not one of each per event (on PostgreSQL each statement is a round trip)."""
+        ids = list(dict.fromkeys(event.id_hex for _, event, _ in items))
+        known: dict[str, int | None] = {}
+        for start in range(0, len(ids), self._DEDUPE_CHUNK):
+            chunk = ids[start : start + self._DEDUPE_CHUNK]
+            cur.execute(
+                f"SELECT id, incident_id FROM events WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            known.update({row[0]: row[1] for row in cur.fetchall()})
+        last_seen: dict[str, int] = {}
+        for site, event, received_ms in items:
+            if event.id_hex not in known:
+                last_seen[site] = max(received_ms, last_seen.get(site, received_ms))
+        for site, received_ms in last_seen.items():
+            self._ensure_gateway(cur, site, received_ms)
+        for site, event, received_ms in items:
+            key = event.id_hex
+            if key in known:  # stored before, or earlier in this batch
+                results.append(Ingested(key, False, known[key]))
+                continue
+            result = self._ingest_new(cur, site, event, received_ms)
+            known[key] = result.incident_id
+            results.append(result)
 
     def try_ingest(self, items: Sequence[tuple[str, Event, int]]) -> None:
         """Run `ingest` and roll it back: raises what storing these would raise."""
@@ -376,20 +407,15 @@ class Store:
 
         try:
             with self.transaction() as cur:
-                for site, event, received_ms in items:
-                    self._ingest_one(cur, site, event, received_ms)
+                self._ingest_batch(cur, items, [])
                 raise _Rollback
         except _Rollback:
             pass
 
-    def _ingest_one(self, cur: _Cursor, site: str, event: Event, received_ms: int) -> Ingested:
+    def _ingest_new(self, cur: _Cursor, site: str, event: Event, received_ms: int) -> Ingested:
+        """One event not stored before (the batch checked), its gateway already ensured."""
         key = event.id_hex
-        cur.execute("SELECT incident_id FROM events WHERE id = ?", (key,))
-        row = cur.fetchone()
-        if row is not None:
-            return Ingested(key, False, row[0])
         district, ward, gateway = site.split("/", 2)
-        self._ensure_gateway(cur, site, received_ms)
         incident_id, incident_new = None, False
         category = category_of(event)
         if event.kind is Kind.FAULT:

@@ -121,7 +121,7 @@ def test_plain_frame_layout():
 
 def test_encrypted_frame_layout_and_padding():
     key = bytes.fromhex(KEY_HEX)
-    pads = set()
+    pads = []
     for n in range(40):  # every length modulo 16, so also the rest that needs 16 pad bytes
         raw = build_message(
             seq=n + 1,
@@ -144,8 +144,11 @@ def test_encrypted_frame_layout_and_padding():
         assert rest.endswith(b"_22:13:20,11-14-2023") and rest.startswith(b"#AAA1|NFT")
         if (len(rest) + 1) % 16 == 0:
             assert len(pad) == 16  # DC-09 § 5.4.4.3: never an empty pad
-        pads.add(pad)
-    assert len(pads) == 40  # random, different every message
+        pads.append(pad)
+    # random, different every message (a pad of 1-3 characters may repeat by chance: once in
+    # about 25 runs two 1-character pads were equal)
+    long_pads = [p for p in pads if len(p) >= 4]
+    assert len(long_pads) >= 20 and len(set(long_pads)) == len(long_pads)
 
 
 def test_replies_are_checked():
