@@ -843,8 +843,11 @@ def report(lat: dict[str, Any], ing: dict[str, Any], params: Params) -> dict[str
     print()
     print("summary:")
     p99, base99 = fmt(loaded.p(99)), fmt(quiet.p(99))
-    print(f"  alarm -> DOM p99 with {params.gateways:,} gateways at {total:.0f} ev/s: "
-          f"{p99} ms (no load {base99} ms) -> {verdict(ok_latency)}")  # fmt: skip
+    if loaded.latencies_ms:
+        print(f"  alarm -> DOM p99 with {params.gateways:,} gateways at {total:.0f} ev/s: "
+              f"{p99} ms (no load {base99} ms) -> {verdict(ok_latency)}")  # fmt: skip
+    else:
+        print("  alarm -> DOM: skipped (--skip-latency)")
     for engine, s in summary.items():
         print(f"  ingest into {engine}: {s['wardgate']:,.0f} ev/s = {s['ratio']:.2f} x the bare "
               f"insert loop; end to end {s['e2e']:,.0f} ev/s (reported, no target)")  # fmt: skip
