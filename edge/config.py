@@ -311,9 +311,11 @@ def config_model() -> type[CoreConfig]:
     from edge import plugins
 
     fields: dict[str, Any] = {}
+    site_hooks: dict[str, Any] = {}
     for name, entry in plugins.registry().items():
         try:
-            model = entry.load().section_model()
+            plugin = entry.load()
+            model = plugin.section_model()
         except (plugins.PluginError, ImportError, AttributeError) as exc:
             why = (
                 str(exc)
@@ -326,8 +328,26 @@ def config_model() -> type[CoreConfig]:
             fields[name] = (Annotated[Any, _broken_plugin(why)], None)
             continue
         fields[name] = (model, model())
+        if plugin.site_defaults is not None:
+            site_hooks[name] = plugin.site_defaults
+
+    def site_defaults(cls: type, data: Any, handler: Any) -> Any:
+        """Each plugin's defaults for `[gateway] site_type` (PipelinePlugin.site_defaults)."""
+        cfg = handler(data)
+        update = {}
+        for name, hook in site_hooks.items():
+            section = getattr(cfg, name)
+            placed = hook(section, cfg.gateway.site_type)
+            if placed is not section:
+                update[name] = placed
+        return cfg.model_copy(update=update) if update else cfg
+
     return create_model(  # type: ignore[call-overload,no-any-return]
-        "Config", __base__=CoreConfig, __module__=__name__, **fields
+        "Config",
+        __base__=CoreConfig,
+        __module__=__name__,
+        __validators__={"_site_defaults": model_validator(mode="wrap")(site_defaults)},
+        **fields,
     )
 
 

@@ -71,6 +71,10 @@ class PipelinePlugin:
     labels: optional, `labels(section) -> {event source: human label}` of what the section
         declares ("cam/gate" -> "street north"); the gateway carries them in its retained `state`
         (birth) message so a console can name each event's source (docs/topics.md). Cheap.
+    site_defaults: optional, `site_defaults(section, site_type) -> section`: the section as it
+        runs at that site type (`[gateway] site_type`), for defaults that depend on where the
+        gateway is (cameras at a fire point run the smoke cues). Applied to every validated
+        config, hand-written or generated; it must not override what the config sets.
     reload_state / reload_forget: optional, for sections that depend on files outside the config
         (the Modbus profile files of [serial]): `reload_state(section)` returns something
         comparable that a reload compares before and after; `reload_forget()` drops caches so
@@ -81,6 +85,7 @@ class PipelinePlugin:
     build: str
     active: Callable[[Any], bool] | None = None
     labels: Callable[[Any], dict[str, str]] | None = None
+    site_defaults: Callable[[Any, str], Any] | None = None
     reload_state: str | None = None
     reload_forget: str | None = None
     summary: str = ""

@@ -123,18 +123,7 @@ def fleet_config(settings: FleetSettings) -> dict[str, Any]:
 
 def camera_entry(camera: Camera, label: str | None = None) -> dict[str, Any]:
     """An inventory camera as a `[[vision.cameras]]` table (edge/vision/config.py)."""
-    source = camera.source
-    if source.startswith("/dev/"):
-        entry = {"name": camera.name, "device": source}
-    elif source.startswith("file://"):
-        entry = {"name": camera.name, "file": source[len("file://") :]}
-    elif source.startswith("/"):
-        entry = {"name": camera.name, "file": source}
-    else:
-        entry = {"name": camera.name, "url": source}
-    if label:
-        entry["label"] = label
-    return entry
+    return camera.config_entry(label)
 
 
 def render_config(row: GatewayRow, settings: FleetSettings, source: str) -> str:

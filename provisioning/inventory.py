@@ -49,8 +49,45 @@ class InventoryError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Camera:
+    """One camera of the `cameras` column: `NAME=SOURCE [SETTING=VALUE]...` (None, (): not set,
+    the gateway's defaults apply; at a fire point smoke is on by default, docs/vision.md)."""
+
     name: str
     source: str
+    fps: float | None = None
+    smoke: bool | None = None
+    person: bool | None = None
+    zones: tuple[tuple[str, str], ...] = ()  # (zone name, preset)
+    masks: tuple[str, ...] = ()  # presets
+
+    def config_entry(self, label: str | None = None) -> dict[str, Any]:
+        """The `[[vision.cameras]]` table (edge/vision/config.py), presets made polygons."""
+        from edge.vision.config import PRESETS
+
+        source = self.source
+        if source.startswith("/dev/"):
+            entry: dict[str, Any] = {"name": self.name, "device": source}
+        elif source.startswith("file://"):
+            entry = {"name": self.name, "file": source[len("file://") :]}
+        elif source.startswith("/"):
+            entry = {"name": self.name, "file": source}
+        else:
+            entry = {"name": self.name, "url": source}
+        if label:
+            entry["label"] = label
+        if self.fps is not None:
+            entry["fps"] = self.fps
+        if self.masks:
+            entry["masks"] = [[list(p) for p in PRESETS[m]] for m in self.masks]
+        if self.zones:
+            entry["zones"] = [
+                {"name": z, "polygon": [list(p) for p in PRESETS[preset]]}
+                for z, preset in self.zones
+            ]
+        for key in ("person", "smoke"):
+            if getattr(self, key) is not None:
+                entry[key] = {"enabled": getattr(self, key)}
+        return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +176,9 @@ class GatewayRow:
         for key in ("site", "labels"):  # absent: the fingerprint of a row from before them
             if not data[key]:
                 data.pop(key)
+        data["cameras"] = [  # likewise a camera's settings
+            {k: v for k, v in cam.items() if v not in (None, [], ())} for cam in data["cameras"]
+        ]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -278,6 +318,11 @@ def _read_row(
             parsed[name] = parser(values.get(name, ""))
         except ValueError as exc:
             problems.append(f"{path}:{line}:{positions[name] + 1}: {name}: {exc}")
+            ok = False
+    for camera in parsed.get("cameras", ()):
+        problem = smoke_fps_problem(camera, values.get("site_type", ""))
+        if problem:
+            problems.append(f"{path}:{line}:{positions['cameras'] + 1}: cameras: {problem}")
             ok = False
     site, site_problems = _read_site(values, positions, f"{path}:{line}")
     problems += site_problems
@@ -456,16 +501,30 @@ def _prefixes(port: SensorPort) -> list[str]:
     return [source for source, _, _ in _sources(port)]
 
 
+CAMERA_SYNTAX = (
+    "write cameras as NAME=SOURCE [fps=N] [smoke=on|off] [person=on|off] [zone=PRESET] "
+    "[mask=PRESET], e.g. gate=rtsp://10.0.0.9/s1 fps=5 smoke=on zone=door mask=top-strip"
+)
+CAMERA_SETTINGS = ("fps", "smoke", "person", "zone", "mask")
+_SWITCH = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
+#: the smoke cues are tuned at 1.5-3 analysed frames per second (edge/vision/config.py)
+SMOKE_MIN_FPS = 1.5
+
+
 def parse_cameras(cell: str) -> tuple[Camera, ...]:
-    """`name=source;...` with source an rtsp/http URL, a /dev/video* device or a file."""
+    """`NAME=SOURCE [SETTING=VALUE]...;...` with SOURCE an rtsp/http URL, a /dev/video* device
+    or a file, and settings fps, smoke, person, zone, mask (reference: docs/provisioning.md)."""
+    from pydantic import ValidationError
+
+    from edge.vision.config import CameraConfig
+
     cameras = []
     for item in _items(cell):
-        name, sep, source = (part.strip() for part in item.partition("="))
-        if not sep or not source:
-            raise ValueError(
-                f"{item!r}: write cameras as name=source, e.g. gate=rtsp://10.0.0.9/s1"
-            )
+        name, sep, rest = (part.strip() for part in item.partition("="))
+        if not sep or not rest:
+            raise ValueError(f"{item!r}: {CAMERA_SYNTAX}")
         check_segment(name)
+        source, *words = rest.split()
         if not (source.startswith(_CAMERA_SCHEMES) or source.startswith("/")):
             raise ValueError(
                 f"{item!r}: source must be an rtsp://, http(s):// or file:// URL, or a device "
@@ -473,8 +532,89 @@ def parse_cameras(cell: str) -> tuple[Camera, ...]:
             )
         if any(c.name == name for c in cameras):
             raise ValueError(f"camera name {name!r} is used twice")
-        cameras.append(Camera(name, source))
+        camera = Camera(name, source, **_camera_settings(item, words))
+        try:  # the gateway's own rules have the last word
+            CameraConfig.model_validate(camera.config_entry())
+        except ValidationError as exc:
+            raise ValueError(f"{item!r}: not accepted as a gateway camera: {exc}") from None
+        cameras.append(camera)
     return tuple(cameras)
+
+
+def _camera_settings(item: str, words: list[str]) -> dict[str, Any]:
+    from edge.vision.config import PRESETS
+
+    presets = ", ".join(PRESETS)
+    settings: dict[str, Any] = {}
+    zones: list[tuple[str, str]] = []
+    masks: list[str] = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq or key not in CAMERA_SETTINGS or not value:
+            also = " (a space in the source? write it as %20)" if not eq else ""
+            raise ValueError(f"{item!r}: {word!r} is not a camera setting{also}; {CAMERA_SYNTAX}")
+        if key in ("fps", "smoke", "person") and key in settings:
+            raise ValueError(f"{item!r}: {key}= is given twice")
+        if key == "fps":
+            try:
+                fps = float(value)
+            except ValueError:
+                fps = float("nan")
+            if not 0.1 <= fps <= 60:
+                raise ValueError(
+                    f"{item!r}: fps={value}: write the analysed frames per second as a number "
+                    "from 0.1 to 60, e.g. fps=5 (not the camera's stream rate: 2 to 5 is usual)"
+                )
+            settings["fps"] = fps
+        elif key in ("smoke", "person"):
+            if value.lower() not in _SWITCH:
+                raise ValueError(f"{item!r}: {key}={value}: write {key}=on or {key}=off")
+            settings[key] = _SWITCH[value.lower()]
+        else:
+            zone, _, preset = value.rpartition(":") if key == "zone" else ("", "", value)
+            preset = preset.lower()
+            if preset not in PRESETS:
+                raise ValueError(
+                    f"{item!r}: {key}={value}: unknown preset {preset!r}; presets: {presets} "
+                    '(docs/vision.md, "Presets"; draw exact ones on the technician\'s page)'
+                )
+            if key == "mask":
+                if preset == "full":
+                    raise ValueError(
+                        f"{item!r}: mask=full hides the whole picture; to switch detection off "
+                        "write person=off or smoke=off"
+                    )
+                if preset in masks:
+                    raise ValueError(f"{item!r}: mask={preset} is given twice")
+                masks.append(preset)
+                continue
+            zone = zone or preset
+            try:
+                check_segment(zone)
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: zone={value}: the zone name {exc}") from None
+            if any(z == zone for z, _ in zones):
+                raise ValueError(
+                    f"{item!r}: zone {zone!r} is given twice; name a second zone on the same "
+                    f"preset: zone=NAME:{preset}"
+                )
+            zones.append((zone, preset))
+    return {**settings, "zones": tuple(zones), "masks": tuple(masks)}
+
+
+def smoke_fps_problem(camera: Camera, site_type: str) -> str | None:
+    """Why `camera` cannot run the smoke cues it runs at `site_type`, or None."""
+    from edge.vision.config import SMOKE_BY_DEFAULT
+
+    smoke = camera.smoke if camera.smoke is not None else site_type in SMOKE_BY_DEFAULT
+    if not smoke or camera.fps is None or camera.fps >= SMOKE_MIN_FPS:
+        return None
+    why = "smoke=on" if camera.smoke else f"at a {site_type} smoke is on by default"
+    return (
+        f"camera {camera.name!r}: fps={camera.fps:g} is too slow for the smoke cues ({why}; they "
+        f"need {SMOKE_MIN_FPS:g} to 3 frames per second): write fps=2 or more, or smoke=off"
+    )
 
 
 def parse_sensors(cell: str) -> tuple[SensorPort, ...]:

@@ -71,7 +71,7 @@ def test_every_problem_is_reported_with_line_and_column():
 @pytest.mark.parametrize(
     ("cell_col", "cell", "expected"),
     [
-        (6, "gate", "write cameras as name=source"),
+        (6, "gate", "write cameras as NAME=SOURCE"),
         (6, "gate=ftp://x/y", "source must be an rtsp://"),
         (6, "a=/dev/video0;a=/dev/video1", "camera name 'a' is used twice"),
         (8, "ip=10.0.0.5", "add the prefix length"),

@@ -261,6 +261,51 @@ class VisionConfig(_CameraDefaults):  # type: ignore[misc,valid-type]
                 raise ValueError(f"camera {cam.name!r}: model {shown}: {problem}")
         return self
 
+    def for_site(self, site_type: str) -> VisionConfig:
+        """The section as it runs at a `site_type` (docs/vision.md, "Site defaults"): at a fire
+        point every camera runs the smoke cues unless `smoke.enabled` is set, on the camera or in
+        `[vision]`. Applied when the whole config is validated, so a hand-written config and a
+        bundle's behave the same."""
+        if site_type not in SMOKE_BY_DEFAULT:
+            return self
+        cameras = [
+            cam.model_copy(update={"smoke": cam.smoke.model_copy(update={"enabled": True})})
+            if "enabled" not in cam.smoke.model_fields_set
+            else cam
+            for cam in self.cameras
+        ]
+        return self.model_copy(update={"cameras": cameras}) if cameras != self.cameras else self
+
+
+#: site types at which cameras run the smoke cues unless told otherwise
+SMOKE_BY_DEFAULT = frozenset({"fire_point"})
+
+#: named polygons (fractions of width, height) for zones and masks, e.g. the inventory's
+#: `zone=door` and `mask=top-strip` (docs/vision.md, "Presets"): a start a technician refines
+#: on site, not a measurement
+PRESETS: dict[str, list[tuple[float, float]]] = {
+    "full": [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)],
+    "left-half": [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)],
+    "right-half": [(0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0)],
+    "top-half": [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (0.0, 0.5)],
+    "bottom-half": [(0.0, 0.5), (1.0, 0.5), (1.0, 1.0), (0.0, 1.0)],
+    "centre": [(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)],
+    "door": [(0.35, 0.2), (0.65, 0.2), (0.65, 1.0), (0.35, 1.0)],
+    "top-strip": [(0.0, 0.0), (1.0, 0.0), (1.0, 0.12), (0.0, 0.12)],
+    "bottom-strip": [(0.0, 0.88), (1.0, 0.88), (1.0, 1.0), (0.0, 1.0)],
+}
+PRESET_NOTES = {
+    "full": "the whole picture",
+    "left-half": "left half",
+    "right-half": "right half",
+    "top-half": "upper half",
+    "bottom-half": "lower half",
+    "centre": "middle half of width and height",
+    "door": "middle 30 % of the width, below the top fifth: a camera aimed at an entrance",
+    "top-strip": "top 12 %: a timestamp banner, sky, swaying treetops",
+    "bottom-strip": "bottom 12 %: a caption banner",
+}
+
 
 def inherit(camera: CameraConfig, defaults: dict[str, Any]) -> CameraConfig:
     """`camera` with the `[vision]` defaults it does not set itself (tables: key by key)."""

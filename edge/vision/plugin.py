@@ -13,5 +13,6 @@ PLUGIN = PipelinePlugin(
     build="edge.vision.pipeline:build_pipelines",
     active=lambda section: any(camera.enabled for camera in section.cameras),
     labels=lambda section: section.source_labels(),
+    site_defaults=lambda section, site_type: section.for_site(site_type),
     summary="IP/USB/file cameras: person detection, tracking, smoke cues (docs/vision.md)",
 )
