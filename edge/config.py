@@ -160,6 +160,11 @@ class OutboxSection(Section):
 class HealthSection(Section):
     heartbeat_s: float = Field(30.0, ge=0.1, le=86400.0)
     watchdog: bool = True
+    status_socket: AbsPath | None = Field(
+        None,
+        json_schema_extra={"on_reload": "restart"},
+        description="unix socket `wardgate status` asks; default: status.sock next to the outbox",
+    )
 
 
 class TestSourceSection(Section):

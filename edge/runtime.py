@@ -142,6 +142,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._lock_faults = threading.Lock()
         self._install_builtin_commands()
+        self.status_socket: Any = None  # edge.selftest.StatusSocket once started
         self.ack_supervisor: AckSupervisor | None = None
         if config.alarm_ack.enabled:
             self.ack_supervisor = AckSupervisor(self)
@@ -232,9 +233,23 @@ class Gateway:
 
     def start(self) -> None:
         self.uplink.start()
+        self._start_status_socket()
         threading.Thread(target=self._ack_worker, name="acks", daemon=True).start()
         threading.Thread(target=self._command_worker, name="commands", daemon=True).start()
         self._start_pipelines(self.build_pipelines())
+
+    def _start_status_socket(self) -> None:
+        """`wardgate status` asks the running gateway here (edge/selftest.py); a gateway that
+        cannot serve it still runs (the fire path never depends on a diagnostic)."""
+        from edge import selftest
+
+        path = selftest.socket_path(self.config)
+        try:
+            self.status_socket = selftest.StatusSocket(self, path)
+        except OSError as exc:
+            log.warning(
+                "status socket %s not served (wardgate status will not answer): %s", path, exc
+            )
 
     def _start_pipelines(self, pipelines: list[Pipeline]) -> None:
         # a new generation: failure streaks of the old one (say, a pipeline stopped in its
@@ -271,6 +286,8 @@ class Gateway:
         with self._cmd_cond:
             self._cmd_cond.notify_all()
         self._ack_queue.put(None)
+        if self.status_socket is not None:
+            self.status_socket.close()
         self.uplink.stop(flush_timeout)
         self.outbox.close()
 
