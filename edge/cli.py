@@ -28,6 +28,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "check-config": ("edge.core_cli", "gateway"),
     "run": ("edge.core_cli", "gateway"),
+    "status": ("edge.core_cli", "gateway"),
+    "localweb": ("edge.localweb.cli", "gateway"),
     "decode": ("edge.core_cli", None),
     "alarms": ("central.cli", "central"),
     "central": ("central.cli", "central"),

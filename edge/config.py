@@ -160,6 +160,11 @@ class OutboxSection(Section):
 class HealthSection(Section):
     heartbeat_s: float = Field(30.0, ge=0.1, le=86400.0)
     watchdog: bool = True
+    status_socket: AbsPath | None = Field(
+        None,
+        json_schema_extra={"on_reload": "restart"},
+        description="unix socket `wardgate status` asks; default: status.sock next to the outbox",
+    )
 
 
 class TestSourceSection(Section):
@@ -271,6 +276,67 @@ class SiteSection(Section):
         return bool(self.name or self.address or self.latitude is not None)
 
 
+#: the technician page's credential: `pbkdf2_sha256$ITERATIONS$SALT$HASH` (base64), as
+#: `wardgate localweb hash-password` prints it (edge/localweb/auth.py)
+_PBKDF2_HASH = re.compile(
+    r"^pbkdf2_sha256\$[0-9]{4,8}\$[A-Za-z0-9+/=]{16,64}\$[A-Za-z0-9+/=]{43,44}$"
+)
+
+
+class LocalWebSection(Section):
+    """The technician's page on the gateway (docs/localweb.md): LAN only, off by default."""
+
+    on_reload: ClassVar = "restart"
+    reload_note: ClassVar[str] = "the page's listening socket"
+
+    enabled: bool = Field(False, description="serve the technician's page")
+    bind: str | None = Field(
+        None, description="the gateway's LAN address to listen on (an IP, private or loopback)"
+    )
+    port: int = Field(8080, ge=1, le=65535)
+    enabled_for_s: float = Field(
+        0.0, ge=0, le=30 * 86400.0, description="close the page this long after start; 0 = never"
+    )
+    password_hash: str | None = Field(
+        None,
+        repr=False,
+        description="technician credential: `wardgate localweb hash-password` prints it",
+    )
+    allow_public_bind: bool = Field(
+        False, description="let `bind` be a public or unspecified address (never on a deployment)"
+    )
+
+    @model_validator(mode="after")
+    def _lan_only(self) -> LocalWebSection:
+        import ipaddress
+
+        if self.password_hash is not None and not _PBKDF2_HASH.match(self.password_hash):
+            raise ValueError(
+                "password_hash is not a `pbkdf2_sha256$...` hash: make one with "
+                "`wardgate localweb hash-password` (never the password itself)"
+            )
+        if not self.enabled:
+            return self
+        if self.bind is None or self.password_hash is None:
+            raise ValueError("an enabled page needs `bind` (the LAN address) and `password_hash`")
+        try:
+            address = ipaddress.ip_address(self.bind)
+        except ValueError:
+            raise ValueError(
+                f"bind = {self.bind!r} is not an IP address: give the gateway's LAN address, "
+                "e.g. 192.168.1.20"
+            ) from None
+        lan = (address.is_private or address.is_loopback or address.is_link_local) and not (
+            address.is_unspecified
+        )
+        if not lan and not self.allow_public_bind:
+            raise ValueError(
+                f"bind = {self.bind!r} is not a LAN address (private, link-local or loopback): "
+                "the technician's page is never served to the internet; give the LAN address"
+            )
+        return self
+
+
 class CoreConfig(Section):
     """The gateway's own sections; `Config` adds one field per pipeline plugin."""
 
@@ -288,6 +354,7 @@ class CoreConfig(Section):
     alarm_ack: AlarmAckSection = AlarmAckSection()
     logging: LoggingSection = LoggingSection()
     site: SiteSection = SiteSection()
+    localweb: LocalWebSection = LocalWebSection()
 
     @property
     def topics(self) -> GatewayTopics:

@@ -1,4 +1,4 @@
-"""The gateway's subcommands: run, check-config; and decode, which needs only `protocol`
+"""The gateway's subcommands: run, check-config, status; and decode, which needs only `protocol`
 (the base install: a backend decodes payloads without the gateway's dependencies)."""
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the file:line that set it",
     )
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "status",
+        help="the running gateway's self-test: broker, certificates, clock, outbox, pipelines; "
+        "exit 0 when all green, 1 otherwise",
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
+    p.add_argument("--socket", type=Path, help="the status socket (default: from the config)")
+    p.add_argument("--json", action="store_true", help="print the self-test as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("decode", help="print a wardgate payload (CBOR or JSON) as JSON")
     p.add_argument("file", nargs="?", default="-", help="a payload file, or - for stdin")
@@ -87,6 +97,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"wardgate run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return gateway.run_forever()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask the running gateway (its status socket); every red line says what to do."""
+    from edge import selftest
+
+    path = args.socket
+    if path is None:
+        cfg = _load_config(args.config)
+        if cfg is None:
+            return EXIT_CONFIG
+        path = selftest.socket_path(cfg)
+    try:
+        result = selftest.query(path)
+    except PermissionError:
+        print(
+            f"wardgate status: {path}: permission denied: run it with sudo, or join the "
+            "`wardgate` group (sudo adduser $USER wardgate)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except (OSError, ValueError) as exc:
+        print(
+            f"wardgate status: the gateway is not running or does not answer at {path} ({exc}): "
+            "systemctl status wardgate; journalctl -u wardgate -n 50",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        color = sys.stdout.isatty()
+        for c in result["checks"]:
+            mark = "ok " if c["ok"] else "RED"
+            if color:
+                mark = f"\033[{32 if c['ok'] else 31}m{mark}\033[0m"
+            print(f"{mark} {c['name']}: {c['detail']}")
+            if c.get("fix"):
+                print(f"    -> {c['fix']}")
+        print(
+            f"gateway {result.get('gateway', '?')}: "
+            + ("all green" if result["ok"] else "NOT all green")
+        )
+    return 0 if result["ok"] else EXIT_FAILURE
 
 
 def cmd_decode(args: argparse.Namespace) -> int:

@@ -122,6 +122,8 @@ class Gateway:
         self._extra_pipelines = extra_pipelines
         self._commands: dict[str, CommandHandler] = {}
         self._ack_listeners: list[AckListener] = []
+        self._emit_listeners: list[Callable[[Event], None]] = []
+        self.localweb: Any = None  # edge.localweb.server.LocalWeb when [localweb] enabled
         # acks and commands never share a queue: a command flood cannot delay or drop an ack
         self._ack_queue: queue.Queue[bytes | None] = queue.Queue(ACK_QUEUE)
         self._cmd_cond = threading.Condition()
@@ -142,6 +144,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._lock_faults = threading.Lock()
         self._install_builtin_commands()
+        self.status_socket: Any = None  # edge.selftest.StatusSocket once started
         self.ack_supervisor: AckSupervisor | None = None
         if config.alarm_ack.enabled:
             self.ack_supervisor = AckSupervisor(self)
@@ -176,6 +179,11 @@ class Gateway:
             )
             raise NotAccepted(f"{event.kind} event from {source} not committed: {exc}") from exc
         self._emit_failing_since = None
+        for listener in self._emit_listeners:
+            try:
+                listener(committed)
+            except Exception:  # a listener (the technician's page) never fails an emit
+                log.exception("emit listener failed")
         if committed.kind in (Kind.ALARM, Kind.FAULT):
             log.warning(
                 "%s %s from %s: %s (id %s)",
@@ -201,6 +209,18 @@ class Gateway:
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
+
+    def add_emit_listener(self, listener: Callable[[Event], None]) -> None:
+        """Called with every committed event (the technician's page shows the latest values)."""
+        self._emit_listeners.append(listener)
+
+    def run_command(self, name: str, args: dict[str, Any]) -> Any:
+        """A command from inside the gateway (the technician's page): the same handlers as
+        the MQTT `cmd` topic, without the queue; raises what the handler raises."""
+        handler = self._commands.get(name)
+        if handler is None:
+            raise ValueError(f"unknown command {name!r}; known: {sorted(self._commands)}")
+        return handler(args)
 
     # --- lifecycle -------------------------------------------------------------------------
     def build_pipelines(self) -> list[Pipeline]:
@@ -232,9 +252,35 @@ class Gateway:
 
     def start(self) -> None:
         self.uplink.start()
+        self._start_status_socket()
         threading.Thread(target=self._ack_worker, name="acks", daemon=True).start()
         threading.Thread(target=self._command_worker, name="commands", daemon=True).start()
         self._start_pipelines(self.build_pipelines())
+        if self.config.localweb.enabled:
+            from edge.localweb.server import LocalWeb  # the HTTP code loads only when enabled
+
+            try:
+                self.localweb = LocalWeb(self)
+            except OSError as exc:
+                log.error(
+                    "technician page not served on %s:%d: %s",
+                    self.config.localweb.bind,
+                    self.config.localweb.port,
+                    exc,
+                )
+
+    def _start_status_socket(self) -> None:
+        """`wardgate status` asks the running gateway here (edge/selftest.py); a gateway that
+        cannot serve it still runs (the fire path never depends on a diagnostic)."""
+        from edge import selftest
+
+        path = selftest.socket_path(self.config)
+        try:
+            self.status_socket = selftest.StatusSocket(self, path)
+        except OSError as exc:
+            log.warning(
+                "status socket %s not served (wardgate status will not answer): %s", path, exc
+            )
 
     def _start_pipelines(self, pipelines: list[Pipeline]) -> None:
         # a new generation: failure streaks of the old one (say, a pipeline stopped in its
@@ -271,6 +317,10 @@ class Gateway:
         with self._cmd_cond:
             self._cmd_cond.notify_all()
         self._ack_queue.put(None)
+        if self.status_socket is not None:
+            self.status_socket.close()
+        if self.localweb is not None:
+            self.localweb.close()
         self.uplink.stop(flush_timeout)
         self.outbox.close()
 
