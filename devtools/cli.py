@@ -1,4 +1,5 @@
-"""`wardgate demo` (the whole system on one machine) and `wardgate train-smoke` (TensorFlow).
+"""`wardgate demo` (the whole system on one machine), `wardgate node simulate` (a sensor node on a
+pty) and `wardgate train-smoke` (TensorFlow).
 
 Cheap to import: the demo, the gateway and TensorFlow load inside the handlers.
 """
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.cli import EXIT_FAILURE
+from edge.cli import EXIT_FAILURE, EXIT_USAGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the fire brigade console's port on 127.0.0.1 (0: any free port)",
     )
     p.set_defaults(func=cmd_demo)
+
+    n = sub.add_parser("node", help="a simulated sensor node for the bench (MicroPython on a pty)")
+    nsub = n.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    ns = nsub.add_parser(
+        "simulate",
+        help="run the node firmware on a pty and drive its sensors with typed commands",
+        description=(
+            "Run the real node firmware under the MicroPython unix port with its UART on a pty, "
+            "for a gateway (serial port path = the link) or `wardgate serial monitor`. Commands, "
+            "given as arguments and then typed on standard input: smoke [NAME] PERCENT, heat "
+            "[NAME] CELSIUS, press|release [NAME], open|short NAME, restore [NAME], wait SECONDS, "
+            "status, help, quit. End of input stops the node (docs/sensors.md)."
+        ),
+    )
+    ns.add_argument("commands", nargs="*", metavar="COMMAND", help='e.g. "smoke 70" "wait 30"')
+    ns.add_argument(
+        "--config",
+        type=Path,
+        help="node.json (default: node 7 with smoke, heat, flame and an EOL call point `mcp`)",
+    )
+    ns.add_argument("--node", type=int, help="the node id (overrides the config's)")
+    ns.add_argument(
+        "--link", type=Path, help="a stable symlink to the pty (default: <tmp>/wardgate-nodeNN)"
+    )
+    ns.add_argument(
+        "--bundle",
+        type=Path,
+        help="run a built bundle (wardgate firmware build) instead of the source tree",
+    )
+    ns.set_defaults(func=cmd_node_simulate)
 
     t = sub.add_parser(
         "train-smoke",
@@ -75,6 +106,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # a part that passed the preflight and still did not start
         print(f"wardgate demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_node_simulate(args: argparse.Namespace) -> int:
+    import copy
+
+    from devtools.node_sim import DEFAULT_NODE, default_link, load_node_config, simulate
+    from devtools.unix_node import micropython_binary
+    from firmware.build import BuildError
+
+    try:
+        micropython_binary()
+        cfg = load_node_config(args.config) if args.config else copy.deepcopy(DEFAULT_NODE)
+    except (FileNotFoundError, BuildError) as exc:
+        print(f"wardgate node simulate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.node is not None:
+        cfg["node"] = args.node
+    link = args.link or default_link(int(cfg.get("node", 1)))
+    return simulate(cfg, args.commands, sys.stdin, link, args.bundle)
 
 
 def train_smoke_command(args) -> int:

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,15 @@ class UnixNode:
         bundle: Path | str | None = None,
         workdir: Path | str | None = None,
         ticks_start: int | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         """`bundle`: run a built firmware bundle (wardgate firmware build) instead of the source;
         a copy of it in `workdir`, with the unix-port HAL (not in board bundles) added.
 
         `ticks_start` (tests): the node's 30-bit `ticks_ms` counter starts there, e.g. just before
         its wrap at 2**30 (hal_unix.py), instead of at the unix port's own clock.
+
+        `on_line`: called (in the reader thread) with every line the firmware prints.
         """
         self.node_cfg = node_cfg
         self.settings = node_config.check(node_cfg)  # fail here, loudly, on a bad test config
@@ -85,6 +89,7 @@ class UnixNode:
         self.link = Path(link) if link else None
         self.bundle = Path(bundle) if bundle else None
         self.ticks_start = ticks_start
+        self.on_line = on_line
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="wardgate-node-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -236,6 +241,8 @@ class UnixNode:
                     _, pin, level = line.split()
                     self.outputs[pin] = int(level)
                 self._lock.notify_all()
+            if self.on_line is not None:
+                self.on_line(line)
 
     def release_port(self) -> None:
         """Close this helper's own copy of the slave end (once the gateway holds the port)."""

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "firmware": ("firmware.cli", "firmware"),
     "provision": ("provisioning.cli", "fleet"),
     "demo": ("devtools.cli", "demo"),
+    "node": ("devtools.cli", "demo"),
     "train-smoke": ("devtools.cli", "models"),
 }
 #: wardgate's own top-level packages: a missing module outside them is a missing dependency

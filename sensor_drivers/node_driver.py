@@ -242,7 +242,7 @@ class NodePortPipeline(PortPipeline):
             return
         data: dict[str, Any] = {"cause": f["cause"]}
         if f["cause"] not in ("flame", "call_point"):
-            data["value"] = _value(f["value"])
+            data["value"] = human_value(f["value"])
         self.ctx.emit("alarm", state.sensor_source(f["sensor"], f["name"]), data)
         state.alarmed.add(f["sensor"])  # latched only once durable
         self.alarms += 1
@@ -292,7 +292,7 @@ class NodePortPipeline(PortPipeline):
     def _on_reading(self, state: NodeState, msg: np.Message) -> None:
         for index, raw in msg.fields["values"]:
             source = state.sensor_source(index)
-            value = _value(raw)
+            value = human_value(raw)
             kind = state.sensor_kind(index)
             deadband = {"smoke": 2.0, "heat": 1.0}.get(kind or "")
             if self.readings.check(source, value, deadband):
@@ -435,5 +435,6 @@ class NodePortPipeline(PortPipeline):
         return out
 
 
-def _value(raw: int) -> float:
+def human_value(raw: int) -> float:
+    """A wire value (hundredths of the sensor's unit, node_protocol.VALUE_SCALE) in its unit."""
     return round(raw / np.VALUE_SCALE, 2)

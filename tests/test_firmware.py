@@ -155,7 +155,7 @@ def test_node_settings_errors_name_the_key():
 
 def test_a_node_with_bad_settings_boots_and_reports_a_config_fault(tmp_path):
     bad = tmp_path / "node.json"
-    bad.write_text('{"node": 7, "sensors": [{"kind": "co2"}]}')
+    bad.write_text('{"node": 7, "sensors": [{"kind": "co2"}, {"kind": "smoke"}]}')
     master, slave = os.openpty()
     tty.setraw(slave)
     env = dict(os.environ, MICROPYPATH=f"{FIRMWARE_DIR}:{PROTOCOL_DIR}")
@@ -192,7 +192,9 @@ def test_a_node_with_bad_settings_boots_and_reports_a_config_fault(tmp_path):
         printed = proc.stdout.read()
         proc.stdout.close()
         os.close(slave)
-    assert b"config error: node.json.sensors[0].kind" in printed
+    # the file it read, by the name it was given, and every problem in it
+    assert f"config error: {bad}: sensors[0].kind: one of".encode() in printed
+    assert f"{bad}: sensors[1].pin: required".encode() in printed
 
 
 # --- the tick counter wraps ------------------------------------------------------------------

@@ -322,6 +322,7 @@ def test_serial_monitor_prints_frames_and_acks(node):
             "--port",
             str(node.link),
             "--ack",
+            "--json",
             "--seconds",
             "1.5",
         ],
