@@ -291,7 +291,11 @@ class LocalWebSection(Section):
 
     enabled: bool = Field(False, description="serve the technician's page")
     bind: str | None = Field(
-        None, description="the gateway's LAN address to listen on (an IP, private or loopback)"
+        None,
+        description="the gateway's LAN address to listen on (an IP, private or loopback), or"
+        ' "lan": every address, answering clients on private, link-local or loopback addresses'
+        " only"
+        " (a DHCP gateway, whose address is not known at enrollment)",
     )
     port: int = Field(8080, ge=1, le=65535)
     enabled_for_s: float = Field(
@@ -319,6 +323,8 @@ class LocalWebSection(Section):
             return self
         if self.bind is None or self.password_hash is None:
             raise ValueError("an enabled page needs `bind` (the LAN address) and `password_hash`")
+        if self.bind == "lan":
+            return self  # every address; the server answers LAN clients only
         try:
             address = ipaddress.ip_address(self.bind)
         except ValueError:

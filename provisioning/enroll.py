@@ -456,7 +456,25 @@ class Enroller:
             cert_serial=serial,
             psk=psks.get(row.id),
             unit=self._unit_text(),
+            technician_hash=self._technician_hash(row.id),
         )
+
+    def _technician_hash(self, gateway_id: str) -> str | None:
+        """The gateway's technician page password, made once (technicians/<id>.password, 0600)
+        and kept with its hash (<id>.hash), so that a re-run writes the same config bytes."""
+        if self.settings.device.technician_page_hours <= 0:
+            return None
+        from edge.localweb.auth import hash_password as page_hash
+
+        folder = self.fleet.technicians_dir
+        pw_path, hash_path = folder / f"{gateway_id}.password", folder / f"{gateway_id}.hash"
+        if pw_path.exists() and hash_path.exists():
+            return hash_path.read_text().strip()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        password = new_password()
+        write_file(pw_path, password + "\n", 0o600)
+        write_file(hash_path, page_hash(password) + "\n", 0o600)
+        return hash_path.read_text().strip()
 
     def _promote(self, gateway_id: str) -> None:
         staged = self.fleet.bundles_dir / STAGING / gateway_id

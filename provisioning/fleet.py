@@ -6,6 +6,7 @@ registry.sqlite3       enrollment registry and audit log
 ca/                    ca.crt, ca.key (encrypted with the CA passphrase), crl.pem
 broker/                everything the broker host needs (see docs/provisioning.md)
 accounts/<name>.password   receiver, operator and backend passwords (0600)
+technicians/<id>.password  each gateway's technician page password (0600; .hash beside it)
 bundles/<id>/          per-gateway bundle; bundles/<id>.tar.gz the same as one file
 """
 
@@ -121,6 +122,13 @@ class DeviceSettings(Section):
     config_dir: str = "/etc/wardgate"
     venv: str = Field("/opt/wardgate/venv", description="as edge/deploy/wardgate.service expects")
     check_hw_serial: bool = Field(True, description="refuse to install on another board")
+    technician_page_hours: float = Field(
+        4.0,
+        ge=0,
+        le=72,
+        description="the technician's page (docs/localweb.md) is open this long after each "
+        "boot, on the LAN only, with the gateway's own password from technicians/; 0 = off",
+    )
 
 
 class FleetSettings(Section):
@@ -170,6 +178,8 @@ admin_user = "wgadmin"
 ssh_authorized_keys = []     # e.g. ["ssh-ed25519 AAAA... tech@laptop"]
 timezone = "Etc/UTC"
 # wlan_country = "GB"        # required when a gateway uses Wi-Fi
+# technician_page_hours = 4  # the technician's page is open this long after each boot (LAN
+                             # only; password in technicians/<gateway>.password); 0 = off
 
 # Merged into every gateway's config.toml (see docs/config.md):
 # [config.health]
@@ -208,6 +218,12 @@ class FleetDir:
     @property
     def bundles_dir(self) -> Path:
         return self.root / "bundles"
+
+    @property
+    def technicians_dir(self) -> Path:
+        """technicians/<gateway>.password (0600): each gateway's technician page password;
+        the bundle carries only its hash."""
+        return self.root / "technicians"
 
     def bundle(self, gateway_id: str) -> Path:
         return self.bundles_dir / gateway_id

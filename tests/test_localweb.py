@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,9 @@ from tests.harness import REPO, GatewayProcess, gateway_config_text, write_confi
 from tests.test_serial_nodes import NODE
 
 PASSWORD = "commission-me-42"
-SHOTS = REPO / "docs" / "localweb"
+#: screenshots go to a temporary folder unless WARDGATE_LOCALWEB_SHOTS names one (docs/localweb
+#: to renew the committed ones): a test run never rewrites tracked files
+SHOTS_ENV = "WARDGATE_LOCALWEB_SHOTS"
 
 
 def free_port() -> int:
@@ -58,6 +61,45 @@ def test_a_non_lan_bind_is_refused(tmp_path, broker, bind):
             broker, tmp_path, extra=localweb_section(bind, 8080, allow_public_bind="true")
         )
         assert config.load(write_config(tmp_path, text)).localweb.allow_public_bind
+
+
+def test_bind_lan_answers_lan_clients_only(tmp_path, broker):
+    """`bind = "lan"` (what enrollment writes: a DHCP gateway's address is not known) listens
+    on every address and answers only clients on private, link-local or loopback addresses. A
+    real client from a public address (1.2.3.4 on the loopback interface for a moment: root)
+    gets 403."""
+    if os.geteuid() != 0:
+        pytest.skip("adding an address to lo needs root (CI runs as root)")
+    port = free_port()
+    path = write_config(
+        tmp_path, gateway_config_text(broker, tmp_path, extra=localweb_section("lan", port))
+    )
+    subprocess.run(["ip", "addr", "add", "1.2.3.4/32", "dev", "lo"], check=True)
+    gw = None
+    try:
+        gw = GatewayProcess(path).start()
+        assert _get_login(port).startswith(b"HTTP/1.0 200")  # from the loopback: the LAN
+        assert _get_login(port, source="1.2.3.4").startswith(b"HTTP/1.0 403")
+    finally:
+        if gw is not None:
+            gw.terminate()
+        subprocess.run(["ip", "addr", "del", "1.2.3.4/32", "dev", "lo"], check=False)
+
+
+def _get_login(port: int, source: str | None = None, timeout: float = 15) -> bytes:
+    """The first bytes of the answer to GET /login, once the page listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(
+                ("127.0.0.1", port), timeout=2, source_address=(source, 0) if source else None
+            ) as s:
+                s.sendall(b"GET /login HTTP/1.0\r\n\r\n")
+                return s.recv(64)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_page_off_loads_no_http_code(tmp_path, broker):
@@ -98,7 +140,8 @@ labels = {{ "n07/smoke" = "hall, ground floor" }}
     path = write_config(tmp_path, gateway_config_text(broker, tmp_path, extra=extra))
     rx = CentralProcess(broker, tmp_path).start()
     url = f"http://127.0.0.1:{port}"
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get(SHOTS_ENV) or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
     with UnixNode(NODE, link=link) as node:
         gw = GatewayProcess(path).start()
         try:
@@ -126,7 +169,7 @@ labels = {{ "n07/smoke" = "hall, ground floor" }}
                 expect(page.locator("#overall")).to_contain_text("green", timeout=10_000)
                 expect(page.locator("#rows")).to_contain_text("pipeline serial-nodes1")
                 expect(page.locator("#rows")).to_contain_text("without TLS")  # red: not mTLS
-                page.screenshot(path=str(SHOTS / "selftest.png"), full_page=True)
+                page.screenshot(path=str(shots / "selftest.png"), full_page=True)
                 # a POST without the CSRF token is refused
                 assert page.request.post(url + "/api/test-alarm").status == 403
                 # the smoke value follows the node
@@ -139,7 +182,7 @@ labels = {{ "n07/smoke" = "hall, ground floor" }}
                 )
                 node.set_smoke("smoke", 7.5)
                 expect(smoke).to_have_text("7.5 %", timeout=10_000)
-                page.screenshot(path=str(SHOTS / "sensors.png"), full_page=True)
+                page.screenshot(path=str(shots / "sensors.png"), full_page=True)
                 # one button: committed, sent, acknowledged by the central receiver
                 page.goto(url + "/alarm")
                 t0 = time.monotonic()
@@ -149,7 +192,7 @@ labels = {{ "n07/smoke" = "hall, ground floor" }}
                 text = page.locator("#acked").inner_text()
                 rtt = float(re.search(r"round trip ([0-9.]+) ms", text).group(1))
                 expect(page.locator("#sent")).to_contain_text("PUBACK")
-                page.screenshot(path=str(SHOTS / "test-alarm.png"), full_page=True)
+                page.screenshot(path=str(shots / "test-alarm.png"), full_page=True)
                 print(f"\ntest alarm: button -> acknowledged {button_to_ack_s * 1000:.0f} ms "
                       f"(browser), committed -> acked {rtt:.1f} ms (gateway)")  # fmt: skip
                 assert 0 < rtt < 20_000

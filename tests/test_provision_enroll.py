@@ -560,3 +560,44 @@ def test_verify_cli_exit_codes(fleet, capsys):
     (fleet.bundle("gw-a") / bundle.KEY).unlink()
     assert wardgate(["provision", "verify", str(fleet.bundle("gw-a")), "--no-connect"]) == 1
     assert "missing: boot/wardgate/etc/tls/gateway.key" in capsys.readouterr().err
+
+
+# --- the technician's page credential (issue 10) -------------------------------------------------
+
+
+def test_each_gateway_gets_its_own_technician_password_and_the_bundle_only_its_hash(enrolled):
+    import tomllib
+
+    from edge.localweb.auth import verify_password
+
+    hashes = set()
+    for gw in IDS:
+        pw_file = enrolled.technicians_dir / f"{gw}.password"
+        assert mode(pw_file) == 0o600 and mode(enrolled.technicians_dir) == 0o700
+        password = pw_file.read_text().strip()
+        config = (enrolled.bundle(gw) / bundle.CONFIG).read_text()
+        assert password not in config
+        page = tomllib.loads(config)["localweb"]
+        assert page["enabled"] is True and page["bind"] == "lan"
+        assert page["enabled_for_s"] == 4 * 3600.0  # fleet.toml [device] technician_page_hours
+        assert verify_password(password, page["password_hash"])
+        hashes.add(page["password_hash"])
+    assert len(hashes) == len(IDS)
+
+
+def test_a_rerun_keeps_the_technician_password_and_the_config_bytes(enrolled):
+    before = {gw: (enrolled.bundle(gw) / bundle.CONFIG).read_bytes() for gw in IDS}
+    passwords = {gw: (enrolled.technicians_dir / f"{gw}.password").read_text() for gw in IDS}
+    run(enrolled)
+    assert {gw: (enrolled.bundle(gw) / bundle.CONFIG).read_bytes() for gw in IDS} == before
+    after = {gw: (enrolled.technicians_dir / f"{gw}.password").read_text() for gw in IDS}
+    assert after == passwords
+
+
+def test_technician_page_hours_zero_writes_no_page(tmp_path):
+    fleet = make_fleet(tmp_path / "fleet")
+    text = fleet.settings_path.read_text()
+    fleet.settings_path.write_text(text.replace("[device]", "[device]\ntechnician_page_hours = 0"))
+    run(fleet)
+    config = (fleet.bundle(IDS[0]) / bundle.CONFIG).read_text()
+    assert "[localweb]" not in config and not fleet.technicians_dir.exists()

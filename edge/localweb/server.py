@@ -8,6 +8,7 @@ new event kind or topic."""
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import logging
 import threading
@@ -71,7 +72,8 @@ class LocalWeb:
         self._lock = threading.Lock()
         gw.add_emit_listener(self._on_event)
         gw.add_ack_listener(self._on_ack)
-        self.httpd = ThreadingHTTPServer((self.cfg.bind, self.cfg.port), _handler(self))
+        host = "0.0.0.0" if self.cfg.bind == "lan" else self.cfg.bind  # noqa: S104 (peer-checked)
+        self.httpd = ThreadingHTTPServer((host, self.cfg.port), _handler(self))
         self.httpd.daemon_threads = True
         self.address = self.httpd.server_address
         self._thread = threading.Thread(
@@ -186,12 +188,33 @@ def _client(handler: BaseHTTPRequestHandler) -> str:
     return handler.client_address[0]
 
 
+def lan_peer(address: str) -> bool:
+    """A client on the LAN: private, link-local or loopback (what `bind = "lan"` answers)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_link_local or ip.is_loopback) and not ip.is_unspecified
+
+
 def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "wardgate-localweb"
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, _client(self), *args)
+
+        def parse_request(self) -> bool:
+            """`bind = "lan"` listens everywhere: a client from outside the LAN gets 403."""
+            if not super().parse_request():
+                return False
+            if web.cfg.bind == "lan" and not lan_peer(_client(self)):
+                log.warning("technician page: refused %s (not on the LAN)", _client(self))
+                self.send_error(403, "the technician's page answers the LAN only")
+                return False
+            return True
 
         def _cookie(self, name: str) -> str | None:
             jar = cookies.SimpleCookie(self.headers.get("Cookie", ""))
