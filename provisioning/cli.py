@@ -111,6 +111,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="warn when the CRL runs out within N days (default: a third of [pki] crl_days)",
     )
+    p.add_argument(
+        "--broker-user",
+        metavar="NAME",
+        help="also show online / last state from the broker's retained `state` messages, read "
+        "with this account (an operator, backend or receiver: only its districts are seen)",
+    )
+    p.add_argument("--broker-password-file", type=Path, help="that account's password file")
+    p.add_argument("--broker", metavar="HOST", help="default: fleet.toml [broker] host")
+    p.add_argument("--broker-port", type=int, help="default: fleet.toml [broker] password_port")
     p.add_argument("--log", type=int, default=0, metavar="N", help="show the last N audit entries")
     p.set_defaults(func=cmd_status)
 
@@ -330,6 +339,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.district:
         wanted = {d.lower() for d in args.district}
         rows = [r for r in rows if r["district"].lower() in wanted]
+    if args.broker_user:
+        from provisioning.liveness import LivenessError
+
+        try:
+            states = _broker_states(fleet, args)
+        except (LivenessError, FleetError) as exc:
+            return _fail(f"broker: {exc}")
+        for r in rows:
+            state = states.get(r["id"], {})
+            online = state.get("online")
+            r["online"] = {True: "yes", False: "no"}.get(online, "")
+            r["state_at"] = state.get("state_at", "")
     # An expired CRL (or none while gateways are enrolled) locks every gateway out: exit 1.
     locked_out = crl["state"] == "expired" or (
         crl["state"] == "missing" and any(r["status"] == "enrolled" for r in rows)
@@ -360,6 +381,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if locked_out else 0
 
 
+def _broker_states(fleet, args: argparse.Namespace) -> dict:
+    from protocol import mqtt as policy
+    from provisioning.liveness import retained_states
+
+    settings = fleet.settings()
+    if args.broker_password_file is None:
+        from provisioning.fleet import FleetError
+
+        raise FleetError("--broker-user needs --broker-password-file")
+    endpoint = policy.Endpoint(
+        host=args.broker or settings.broker.host,
+        port=args.broker_port or settings.broker.password_port,
+        tls=policy.Tls(fleet.ca_dir / "ca.crt"),
+        username=args.broker_user,
+        password_file=args.broker_password_file,
+        keepalive_s=10,
+        setting="status",
+        names={
+            "username": "--broker-user",
+            "password": "--broker-password-file",
+            "password_file": "--broker-password-file",
+            "tls": "the fleet CA",
+            "tls.ca": f"the fleet CA ({fleet.ca_dir / 'ca.crt'})",
+        },
+    )
+    return retained_states(endpoint, settings.broker.topic_prefix)
+
+
 def _print_crl(crl: dict) -> None:
     from rich.console import Console
 
@@ -376,17 +425,20 @@ def _print_status(rows: list[dict[str, str]]) -> None:
     enrolled = sum(r["status"] == "enrolled" for r in rows)
     missing = sum(r["bundle"] == "MISSING" for r in rows)
     table = Table(title=f"{enrolled} enrolled, {len(rows) - enrolled} revoked")
-    for column in ("id", "district", "ward", "site_type", "status", "cert_expires", "bundle"):
+    columns = ["id", "district", "ward", "site_type", "status", "cert_expires", "bundle"]
+    live = bool(rows) and "online" in rows[0]
+    for column in columns + (["online", "state_at"] if live else []):
         table.add_column(column)
     for r in rows:
         style = "red" if r["status"] == "revoked" or r["bundle"] == "MISSING" else None
         status = r["status"]
         if status == "revoked":
             status = f"revoked {r['revoked_at'][:10]} ({r['revoke_code'] or 'unspecified'})"
-        table.add_row(
-            r["id"], r["district"], r["ward"], r["site_type"], status,
-            r["cert_expires"][:10], r["bundle"], style=style,
-        )  # fmt: skip
+        cells = [r["id"], r["district"], r["ward"], r["site_type"], status,
+                 r["cert_expires"][:10], r["bundle"]]  # fmt: skip
+        if live:
+            cells += [r["online"] or "?", r["state_at"].replace("T", " ")[:16]]
+        table.add_row(*cells, style=style)
     Console(width=120 if not sys.stdout.isatty() else None).print(table)
     if missing:
         print(f"{missing} enrolled gateway(s) have no bundle folder", file=sys.stderr)

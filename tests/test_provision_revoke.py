@@ -346,3 +346,32 @@ def test_check_inventory_rejects_what_run_rejects(fleet, tmp_path, capsys):
     assert wardgate(["provision", "check-inventory", str(good), "--fleet", str(fleet.root)]) == 1
     captured = capsys.readouterr()
     assert "! gw-a: revoked on" in captured.out and "would not be enrolled" in captured.err
+
+
+def test_status_reads_online_from_the_brokers_retained_state(fleet, tmp_path, capsys, peers):
+    with fleet_broker(fleet, tmp_path / "broker") as broker:
+        for gateway, topic, online in (("gw-a", "wg/v1/d01/w1/gw-a/state", True),
+                                       ("gw-c", "wg/v1/d02/w1/gw-c/state", False)):  # fmt: skip
+            peer = connect(peers, fleet, broker.cert_port, gateway=gateway)
+            body = {"online": online, "time_ms": 1_780_000_000_000, "gateway": gateway}
+            info = peer.client.publish(topic, json.dumps(body), qos=1, retain=True)
+            info.wait_for_publish(5)
+        argv = ["--broker", "127.0.0.1", "--broker-port", str(broker.password_port),
+                "--broker-user", "ops", "--broker-password-file",
+                str(fleet.accounts_dir / "ops.password")]  # fmt: skip
+        code, doc = status_json(fleet, capsys, *argv)
+        assert code == 0
+        rows = {r["id"]: (r["online"], r["state_at"]) for r in doc["gateways"]}
+        assert rows == {
+            "gw-a": ("yes", "2026-05-28T20:26:40+00:00"),
+            "gw-b": ("", ""),  # never connected: no retained state
+            "gw-c": ("no", "2026-05-28T20:26:40+00:00"),
+        }
+        assert wardgate(["provision", "status", str(fleet.root), *argv]) == 0
+        assert "online" in capsys.readouterr().out
+        bad = tmp_path / "bad.pw"
+        bad.write_text("wrong\n")
+        argv[-1] = str(bad)
+        assert wardgate(["provision", "status", str(fleet.root), *argv]) == 1
+        err = capsys.readouterr().err
+        assert "broker: 127.0.0.1" in err and "--broker-password-file" in err, err
