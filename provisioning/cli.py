@@ -9,6 +9,18 @@ import argparse
 import sys
 from pathlib import Path
 
+#: `provision revoke --reason` names (kept in sync with provisioning.pki.REVOKE_REASONS by a test;
+#: not imported from there so that `wardgate --help` does not load cryptography)
+REVOKE_REASONS = (
+    "key_compromise",
+    "cessation",
+    "superseded",
+    "affiliation_changed",
+    "privilege_withdrawn",
+    "unspecified",
+)
+TEMPLATES = ("inventory.csv", "wardgate-crl.service", "wardgate-crl.timer")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     top = sub.add_parser(
@@ -29,11 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     _passphrase_arg(p)
     p.set_defaults(func=cmd_init)
 
-    p = psub.add_parser("check-inventory", help="validate an inventory CSV; every problem at once")
+    p = psub.add_parser(
+        "check-inventory",
+        help="validate an inventory CSV; every problem at once (--fleet: every check `run` makes)",
+    )
     p.add_argument("inventory", type=Path)
+    p.add_argument(
+        "--fleet",
+        type=Path,
+        help="also check against this fleet: its accounts, Wi-Fi passphrases, registry "
+        "(a dry run of `provision run`; nothing is written)",
+    )
     p.set_defaults(func=cmd_check_inventory)
 
-    p = psub.add_parser("template", help="print the inventory CSV template")
+    p = psub.add_parser(
+        "template", help="print the inventory CSV template (or the CRL renewal timer's units)"
+    )
+    p.add_argument("name", nargs="?", default="inventory.csv", choices=TEMPLATES)
     p.set_defaults(func=cmd_template)
 
     p = psub.add_parser(
@@ -72,9 +96,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_verify)
 
-    p = psub.add_parser("status", help="table of enrolled and revoked gateways; --csv to save")
+    p = psub.add_parser(
+        "status", help="enrolled and revoked gateways and the CRL's nextUpdate; --csv, --json"
+    )
     p.add_argument("fleet", type=Path)
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--district", action="append", default=[], metavar="D", help="only these districts"
+    )
+    p.add_argument(
+        "--warn-days",
+        type=float,
+        metavar="N",
+        help="warn when the CRL runs out within N days (default: a third of [pki] crl_days)",
+    )
+    p.add_argument(
+        "--broker-user",
+        metavar="NAME",
+        help="also show online / last state from the broker's retained `state` messages, read "
+        "with this account (an operator, backend or receiver: only its districts are seen)",
+    )
+    p.add_argument("--broker-password-file", type=Path, help="that account's password file")
+    p.add_argument("--broker", metavar="HOST", help="default: fleet.toml [broker] host")
+    p.add_argument("--broker-port", type=int, help="default: fleet.toml [broker] password_port")
     p.add_argument("--log", type=int, default=0, metavar="N", help="show the last N audit entries")
     p.set_defaults(func=cmd_status)
 
@@ -88,8 +133,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = psub.add_parser("crl", help="re-sign the CRL (before it expires) and rebuild broker files")
     p.add_argument("fleet", type=Path)
+    p.add_argument(
+        "--if-due",
+        action="store_true",
+        help="only when due (a third of crl_days left, or the registry changed): for a timer",
+    )
     _passphrase_arg(p)
     p.set_defaults(func=cmd_crl)
+
+    p = psub.add_parser(
+        "revoke",
+        help="revoke a gateway now: CRL re-signed, broker account removed, bundle deleted",
+        description="Revoke a gateway's certificate (RFC 5280 reason codes). Copy the changed "
+        "broker files to the broker and restart mosquitto afterwards.",
+    )
+    p.add_argument("fleet", type=Path)
+    p.add_argument("gateway", help="gateway id")
+    p.add_argument(
+        "--reason",
+        required=True,
+        choices=tuple(REVOKE_REASONS),
+        help="key_compromise (stolen, opened), cessation (taken out of service), superseded, "
+        "affiliation_changed, privilege_withdrawn, unspecified",
+    )
+    p.add_argument("--note", default="", help="free text for the registry and audit log")
+    _passphrase_arg(p)
+    p.set_defaults(func=cmd_revoke)
 
     p = psub.add_parser("flash", help="write a gateway's bundle onto a mounted boot partition")
     p.add_argument("fleet", type=Path)
@@ -161,20 +230,50 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_inventory(args: argparse.Namespace) -> int:
+    from provisioning.broker import name_problems
+    from provisioning.fleet import BrokerSettings, FleetError, FleetSettings
     from provisioning.inventory import InventoryError, load
 
     try:
         inv = load(args.inventory)
     except InventoryError as exc:
         return _fail(str(exc))
-    print(f"{args.inventory}: ok, {len(inv.rows)} gateways in {len(inv.districts)} district(s)")
+    summary = f"{len(inv.rows)} gateways in {len(inv.districts)} district(s)"
+    if args.fleet is None:
+        # Without a fleet: the name checks `run` makes, against the default accounts.
+        defaults = FleetSettings(broker=BrokerSettings(host="-"))
+        problems = name_problems(defaults, inv, Path("fleet.toml (defaults)"))
+        if problems:
+            return _fail("\n".join(problems))
+        print(f"{args.inventory}: ok, {summary}")
+        print(
+            "note: checked without a fleet; pass --fleet FLEET for every check `provision run` "
+            "makes (its accounts, Wi-Fi passphrases, revoked gateways, mass revoke)"
+        )
+        return 0
+    from provisioning.enroll import Enroller
+    from provisioning.fleet import FleetDir
+
+    def no_passphrase() -> bytes:
+        raise FleetError("a dry run needs no passphrase")
+
+    try:
+        report = Enroller(FleetDir(args.fleet), no_passphrase).run(inv, dry_run=True)
+    except FleetError as exc:
+        return _fail(str(exc))
+    broken = report.plan.broken
+    for line in report.lines():
+        print(line)
+    if broken:
+        return _fail(f"{args.inventory}: {len(broken)} gateway(s) would not be enrolled (see !)")
+    print(f"{args.inventory}: ok against {args.fleet}, {summary}")
     return 0
 
 
 def cmd_template(args: argparse.Namespace) -> int:
     from provisioning.boot import template
 
-    sys.stdout.write(template("inventory.csv"))
+    sys.stdout.write(template(args.name))
     return 0
 
 
@@ -226,22 +325,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import csv
+    import json
 
-    from provisioning.enroll import status_rows
+    from provisioning.enroll import crl_status, status_rows
     from provisioning.fleet import FleetDir, FleetError
 
     fleet = FleetDir(args.fleet)
     try:
         rows = status_rows(fleet)
+        crl = crl_status(fleet, args.warn_days)
     except FleetError as exc:
         return _fail(str(exc))
+    if args.district:
+        wanted = {d.lower() for d in args.district}
+        rows = [r for r in rows if r["district"].lower() in wanted]
+    if args.broker_user:
+        from provisioning.liveness import LivenessError
+
+        try:
+            states = _broker_states(fleet, args)
+        except (LivenessError, FleetError) as exc:
+            return _fail(f"broker: {exc}")
+        for r in rows:
+            state = states.get(r["id"], {})
+            online = state.get("online")
+            r["online"] = {True: "yes", False: "no"}.get(online, "")
+            r["state_at"] = state.get("state_at", "")
+    # An expired CRL (or none while gateways are enrolled) locks every gateway out: exit 1.
+    locked_out = crl["state"] == "expired" or (
+        crl["state"] == "missing" and any(r["status"] == "enrolled" for r in rows)
+    )
     if args.csv:
         with open(args.csv, "w", newline="", encoding="utf-8") as handle:
             fields = list(rows[0]) if rows else ["id"]
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+    if args.json:
+        doc = {"format": "wardgate-status/1", "crl": crl, "gateways": rows}
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return 1 if locked_out else 0
     _print_status(rows)
+    _print_crl(crl)
     if args.log:
         from provisioning.registry import Registry
 
@@ -253,7 +378,44 @@ def cmd_status(args: argparse.Namespace) -> int:
             reg.close()
     if args.csv:
         print(f"written: {args.csv}")
-    return 0
+    return 1 if locked_out else 0
+
+
+def _broker_states(fleet, args: argparse.Namespace) -> dict:
+    from protocol import mqtt as policy
+    from provisioning.liveness import retained_states
+
+    settings = fleet.settings()
+    if args.broker_password_file is None:
+        from provisioning.fleet import FleetError
+
+        raise FleetError("--broker-user needs --broker-password-file")
+    endpoint = policy.Endpoint(
+        host=args.broker or settings.broker.host,
+        port=args.broker_port or settings.broker.password_port,
+        tls=policy.Tls(fleet.ca_dir / "ca.crt"),
+        username=args.broker_user,
+        password_file=args.broker_password_file,
+        keepalive_s=10,
+        setting="status",
+        names={
+            "username": "--broker-user",
+            "password": "--broker-password-file",
+            "password_file": "--broker-password-file",
+            "tls": "the fleet CA",
+            "tls.ca": f"the fleet CA ({fleet.ca_dir / 'ca.crt'})",
+        },
+    )
+    return retained_states(endpoint, settings.broker.topic_prefix)
+
+
+def _print_crl(crl: dict) -> None:
+    from rich.console import Console
+
+    style = {"ok": None, "due": "yellow", "expired": "bold red", "missing": "bold red"}
+    Console(width=120 if not sys.stdout.isatty() else None, highlight=False).print(
+        f"CRL: {crl['message']}", style=style[crl["state"]]
+    )
 
 
 def _print_status(rows: list[dict[str, str]]) -> None:
@@ -263,14 +425,20 @@ def _print_status(rows: list[dict[str, str]]) -> None:
     enrolled = sum(r["status"] == "enrolled" for r in rows)
     missing = sum(r["bundle"] == "MISSING" for r in rows)
     table = Table(title=f"{enrolled} enrolled, {len(rows) - enrolled} revoked")
-    for column in ("id", "district", "ward", "site_type", "status", "cert_expires", "bundle"):
+    columns = ["id", "district", "ward", "site_type", "status", "cert_expires", "bundle"]
+    live = bool(rows) and "online" in rows[0]
+    for column in columns + (["online", "state_at"] if live else []):
         table.add_column(column)
     for r in rows:
         style = "red" if r["status"] == "revoked" or r["bundle"] == "MISSING" else None
-        table.add_row(
-            r["id"], r["district"], r["ward"], r["site_type"], r["status"],
-            r["cert_expires"][:10], r["bundle"], style=style,
-        )  # fmt: skip
+        status = r["status"]
+        if status == "revoked":
+            status = f"revoked {r['revoked_at'][:10]} ({r['revoke_code'] or 'unspecified'})"
+        cells = [r["id"], r["district"], r["ward"], r["site_type"], status,
+                 r["cert_expires"][:10], r["bundle"]]  # fmt: skip
+        if live:
+            cells += [r["online"] or "?", r["state_at"].replace("T", " ")[:16]]
+        table.add_row(*cells, style=style)
     Console(width=120 if not sys.stdout.isatty() else None).print(table)
     if missing:
         print(f"{missing} enrolled gateway(s) have no bundle folder", file=sys.stderr)
@@ -301,7 +469,7 @@ def cmd_crl(args: argparse.Namespace) -> int:
 
     try:
         enroller = Enroller(FleetDir(args.fleet), lambda: read_passphrase(args.passphrase_file))
-        changed = enroller.sync_broker(refresh_crl=True)
+        changed = enroller.sync_broker(refresh_crl=not args.if_due)
     except FleetError as exc:
         return _fail(str(exc))
     print(f"broker files changed: {', '.join(changed) or 'none'}")
@@ -316,6 +484,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from provisioning.verify import verify
 
     fleet = FleetDir(args.fleet)
+    revoked = _revoked(fleet, args.gateway)
+    if revoked:
+        return _fail(f"{args.gateway}: {revoked}; not writing it to a card")
     directory = fleet.bundle(args.gateway)
     checked = verify(directory, connect=False)
     if not checked.ok:
@@ -330,3 +501,35 @@ def cmd_flash(args: argparse.Namespace) -> int:
     if not args.wheelhouse:
         print("note: no --wheelhouse given; the card installs only if wardgate is already on it")
     return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from provisioning import pki
+    from provisioning.enroll import Enroller
+    from provisioning.fleet import FleetDir, FleetError, read_passphrase
+
+    try:
+        enroller = Enroller(FleetDir(args.fleet), lambda: read_passphrase(args.passphrase_file))
+        message, changed = enroller.revoke(args.gateway, pki.REVOKE_REASONS[args.reason], args.note)
+    except FleetError as exc:
+        return _fail(str(exc))
+    print(message)
+    if changed:
+        print(f"broker files changed: {', '.join(changed)}")
+        print("copy them to the broker and restart mosquitto: until then it still accepts it")
+    return 0
+
+
+def _revoked(fleet, gateway_id: str) -> str | None:
+    """'revoked on DATE (reason)' if the registry says so, else None."""
+    from provisioning.enroll import revoked_text
+    from provisioning.registry import Registry
+
+    if not fleet.registry_path.is_file():
+        return None
+    reg = Registry(fleet.registry_path)
+    try:
+        rec = reg.gateway(gateway_id)
+        return revoked_text(reg, rec) if rec is not None and rec.status == "revoked" else None
+    finally:
+        reg.close()

@@ -191,6 +191,33 @@ class Enroller:
             self.ca.key = None
             return changed
 
+    def revoke(self, gateway_id: str, reason: str, note: str = "") -> tuple[str, list[str]]:
+        """`provision revoke`: put the gateway's certificate on a freshly signed CRL, drop it
+        from the broker's password file and ACL, delete its bundle. reason: a x509.ReasonFlags
+        name. Returns (what happened, broker files changed). Nothing changes on a wrong
+        passphrase; an already revoked gateway is left as it is."""
+        with self._locked(), _open_registry(self.fleet) as reg:
+            rec = reg.gateway(gateway_id)
+            if rec is None:
+                raise FleetError(
+                    f"{gateway_id}: never enrolled in {self.fleet.root} "
+                    "(see `wardgate provision status`); nothing was changed"
+                )
+            if rec.status == "revoked":
+                return f"{gateway_id}: already {revoked_text(reg, rec)}; nothing was changed", []
+            pki.unlock(self.ca, self.fleet.ca_dir, self._passphrase())
+            try:
+                detail = f"provision revoke --reason {pki.reason_name(reason)}"
+                with reg.transaction():
+                    reg.revoke(rec, reason, detail + (f": {note}" if note else ""), by="revoke")
+                changed = self._sync_broker(reg, self.ca, refresh_crl=True)
+            finally:
+                self.ca.key = None
+            shutil.rmtree(self.fleet.bundle(rec.id), ignore_errors=True)
+            (self.fleet.bundles_dir / f"{rec.id}.tar.gz").unlink(missing_ok=True)
+            rec = reg.gateway(gateway_id)
+            return f"{gateway_id}: {revoked_text(reg, rec)}, certificate {rec.cert_serial}", changed
+
     # --- planning -----------------------------------------------------------------------------
     def _psks(self, inventory: Inventory) -> dict[str, str]:
         wanted = {row.id: row.network.wifi_ssid for row in inventory.rows if row.network.wifi_ssid}
@@ -252,7 +279,21 @@ class Enroller:
             raise FleetError(f"cannot re-issue {', '.join(sorted(unknown))}: not in the inventory")
         for row in inventory.rows:
             rec = records.get(row.id)
-            if rec is None or rec.status == "revoked":
+            if (
+                rec is not None
+                and rec.revoked_by == "revoke"
+                and row.id not in reissue
+                and rec.hw_serial.lower() == row.hw_serial.lower()
+            ):  # revoked on purpose (a stolen box?): the same board is not enrolled again
+                plan.broken.append(
+                    (
+                        row.id,
+                        f"{revoked_text(reg, rec)} by `provision revoke`; not enrolled again. "
+                        "For a new board put its hw_serial into the inventory, or re-run with "
+                        f"--reissue {row.id} to enroll this one anew; or remove the row",
+                    )
+                )
+            elif rec is None or rec.status == "revoked":
                 plan.new.append(row)
             elif row.id in reissue:
                 plan.rekey.append((row, rec, f"re-issue requested: {reissue[row.id]}"))
@@ -743,11 +784,19 @@ def export_sites(fleet: FleetDir) -> dict[str, Any]:
     return {"format": SITES_FORMAT, "generated_at": utcnow(), "gateways": gateways}
 
 
+def revoked_text(reg: Registry, rec: GatewayRecord) -> str:
+    """'revoked on 2026-11-30 (key_compromise)' for a revoked gateway."""
+    found = reg.revocation(rec.cert_serial)
+    at, reason = found if found else (rec.revoked_at or "?", "unspecified")
+    return f"revoked on {at[:10]} ({pki.reason_name(reason)})"
+
+
 def status_rows(fleet: FleetDir) -> list[dict[str, str]]:
-    """One dict per gateway ever enrolled, for `status` (table and CSV)."""
+    """One dict per gateway ever enrolled, for `status` (table, CSV and JSON)."""
     with _open_registry(fleet.require()) as reg:
         out = []
         for rec in reg.gateways():
+            found = reg.revocation(rec.cert_serial) if rec.status == "revoked" else None
             present = fleet.bundle(rec.id).is_dir() if rec.status == "enrolled" else False
             out.append(
                 {
@@ -763,7 +812,52 @@ def status_rows(fleet: FleetDir) -> list[dict[str, str]]:
                     "updated_at": rec.updated_at,
                     "revoked_at": rec.revoked_at or "",
                     "revoke_reason": rec.revoke_reason or "",
+                    "revoke_code": pki.reason_name(found[1]) if found else "",
                     "bundle": "yes" if present else ("-" if rec.status == "revoked" else "MISSING"),
                 }
             )
         return out
+
+
+def crl_status(fleet: FleetDir, warn_days: float | None = None) -> dict[str, Any]:
+    """The broker CRL's dates, for `status`. state: ok, due (within warn_days: renew it),
+    expired (past nextUpdate: mosquitto refuses every client) or missing."""
+    from cryptography import x509
+
+    settings = fleet.settings()
+    if warn_days is None:
+        warn_days = settings.pki.crl_days / 3  # when `crl --if-due` renews it
+    path = fleet.broker_dir / "crl.pem"
+    out: dict[str, Any] = {"path": str(path), "warn_days": warn_days}
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except FileNotFoundError:
+        out.update(state="missing", message=f"{path}: none yet; run `wardgate provision crl`")
+        return out
+    except ValueError as exc:
+        raise FleetError(f"{path}: not a PEM CRL ({exc})") from None
+    next_update = crl.next_update_utc
+    left = (next_update - pki.now()).total_seconds() / 86400 if next_update else 0.0
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    out.update(
+        number=number,
+        last_update=crl.last_update_utc.isoformat(timespec="seconds"),
+        next_update=next_update.isoformat(timespec="seconds") if next_update else None,
+        days_left=round(left, 2),
+        revoked=len(crl),
+    )
+    when = f"{next_update:%Y-%m-%d %H:%M} UTC" if next_update else "?"
+    renew = f"run `wardgate provision crl {fleet.root}` and copy crl.pem to the broker"
+    if left <= 0:
+        out.update(
+            state="expired",
+            message=f"EXPIRED at {when}: mosquitto refuses every gateway until you {renew}",
+        )
+    elif left < warn_days:
+        out.update(state="due", message=f"nextUpdate {when}, in {left:.1f} days: {renew}")
+    else:
+        out.update(state="ok", message=f"nextUpdate {when} (in {left:.0f} days), #{number}")
+    return out

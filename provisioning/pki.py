@@ -24,6 +24,38 @@ CA_KDF_ROUNDS = 600_000  # OWASP 2023 figure for PBKDF2-SHA256; ~0.3 s per unloc
 CLOCK_SKEW = dt.timedelta(minutes=10)  # gateways boot with a rough clock before NTP
 GATEWAY_URI = "urn:wardgate:gateway:{}"
 
+#: `provision revoke --reason` short name -> RFC 5280 CRLReason (x509.ReasonFlags name). Only
+#: the reasons that fit a gateway certificate; certificateHold is left out on purpose (a revoke
+#: is final) and caCompromise belongs to the CA.
+REVOKE_REASONS = {
+    "key_compromise": "key_compromise",  # stolen, opened, key copied: the key is not secret
+    "cessation": "cessation_of_operation",  # site closed, gateway taken out of service
+    "superseded": "superseded",  # replaced by a new certificate
+    "affiliation_changed": "affiliation_changed",  # moved to another district / operator
+    "privilege_withdrawn": "privilege_withdrawn",  # no longer allowed on the broker
+    "unspecified": "unspecified",  # none of the above (no reason code on the CRL)
+}
+
+
+def reason_name(reason: x509.ReasonFlags | str | None) -> str:
+    """The short name of a CRL reason, as `provision revoke --reason` takes it."""
+    if reason is None:
+        return "unspecified"
+    flag = reason.name if isinstance(reason, x509.ReasonFlags) else str(reason)
+    for short, name in REVOKE_REASONS.items():
+        if name == flag:
+            return short
+    return flag
+
+
+def crl_reason(entry: x509.RevokedCertificate) -> str:
+    """A CRL entry's reason, short name (no reason code = unspecified)."""
+    try:
+        return reason_name(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason)
+    except x509.ExtensionNotFound:
+        return "unspecified"
+
+
 _CA_USAGE = dict(
     digital_signature=True,
     content_commitment=False,
@@ -143,14 +175,12 @@ class CA:
             )
         )
         for serial, when, reason in revoked:
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial)
-                .revocation_date(when)
-                .add_extension(x509.CRLReason(x509.ReasonFlags[reason]), critical=False)
-                .build()
-            )
-            builder = builder.add_revoked_certificate(entry)
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+            if reason != "unspecified":  # RFC 5280 5.3.1: leave the code out rather than 0
+                entry = entry.add_extension(
+                    x509.CRLReason(x509.ReasonFlags[reason]), critical=False
+                )
+            builder = builder.add_revoked_certificate(entry.build())
         return builder.sign(self._signer(), hashes.SHA256())
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: gateways.revoked_by
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS gateways (
     enrolled_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     revoked_at TEXT,
-    revoke_reason TEXT
+    revoke_reason TEXT,              -- free text: why (the CRL reason is in revocations)
+    revoked_by TEXT                  -- 'run' (left the inventory) or 'revoke' (`provision revoke`)
 );
 CREATE TABLE IF NOT EXISTS revocations (
     serial TEXT PRIMARY KEY,
@@ -85,6 +86,7 @@ class GatewayRecord:
     updated_at: str
     revoked_at: str | None
     revoke_reason: str | None
+    revoked_by: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,10 @@ class Registry:
             self.set_meta("schema_version", str(SCHEMA_VERSION))
         elif int(version) > SCHEMA_VERSION:
             raise RuntimeError(f"{path}: made by a newer wardgate (schema {version}); upgrade")
+        elif int(version) < 2:
+            with self.transaction():
+                self.db.execute("ALTER TABLE gateways ADD COLUMN revoked_by TEXT")
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
         self.db.close()
@@ -160,8 +166,13 @@ class Registry:
             f"INSERT OR REPLACE INTO gateways ({names}) VALUES ({marks})", tuple(fields.values())
         )
 
-    def revoke(self, rec: GatewayRecord, reason: str, detail: str, *, keep_status=False) -> None:
-        """Put the gateway's current certificate on the CRL; unless keep_status, disable it."""
+    def revoke(
+        self, rec: GatewayRecord, reason: str, detail: str, *, keep_status=False, by: str = "run"
+    ) -> None:
+        """Put the gateway's current certificate on the CRL; unless keep_status, disable it.
+
+        reason: a x509.ReasonFlags name; by: 'run' or 'revoke' (an explicit revoke keeps `run`
+        from enrolling the same board again)."""
         at = utcnow()
         self.db.execute(
             "INSERT OR IGNORE INTO revocations (serial, gateway, revoked_at, reason) "
@@ -171,10 +182,10 @@ class Registry:
         if not keep_status:
             self.db.execute(
                 "UPDATE gateways SET status = 'revoked', revoked_at = ?, revoke_reason = ?, "
-                "updated_at = ? WHERE id = ?",
-                (at, detail, at, rec.id),
+                "revoked_by = ?, updated_at = ? WHERE id = ?",
+                (at, detail, by, at, rec.id),
             )
-        self.audit("revoke", rec.id, f"certificate {rec.cert_serial}: {detail}")
+        self.audit("revoke", rec.id, f"certificate {rec.cert_serial} ({reason}): {detail}")
 
     def revocations(self) -> list[tuple[str, str, str, str]]:
         return list(
@@ -182,6 +193,13 @@ class Registry:
                 "SELECT serial, gateway, revoked_at, reason FROM revocations ORDER BY revoked_at"
             )
         )
+
+    def revocation(self, serial: str) -> tuple[str, str] | None:
+        """(revoked_at, x509.ReasonFlags name) of a certificate serial (hex), or None."""
+        row = self.db.execute(
+            "SELECT revoked_at, reason FROM revocations WHERE serial = ?", (serial,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     # --- sites --------------------------------------------------------------------------------
     def put_site(self, gateway_id: str, site: dict, labels: dict[str, str]) -> None:

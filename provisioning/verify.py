@@ -241,11 +241,20 @@ def _check_certificate(
             result.add(
                 FAIL,
                 "revocation",
-                f"certificate {cert.serial_number:x} is REVOKED "
-                f"(since {entry.revocation_date_utc:%Y-%m-%d}); this bundle is void",
+                f"certificate {cert.serial_number:x} was revoked on "
+                f"{entry.revocation_date_utc:%Y-%m-%d} ({pki.crl_reason(entry)}): this bundle "
+                "is void; the broker refuses it",
             )
         else:
             result.add(OK, "revocation", f"not on the CRL ({crl})")
+        next_update = revocations.next_update_utc
+        if next_update is not None and next_update < now:
+            result.add(
+                WARN,
+                "crl",
+                f"{crl} expired at {next_update:%Y-%m-%d %H:%M} UTC: mosquitto refuses every "
+                "client until it is renewed (`wardgate provision crl FLEET`)",
+            )
     return cert
 
 
