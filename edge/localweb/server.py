@@ -212,8 +212,11 @@ def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline'")
             for k, v in hdr.items():
                 self.send_header(k.replace("_", "-"), v)
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the browser left (a new page)
+                log.debug("%s left before the response was sent", _client(self))
 
         def _json(self, code: int, obj: Any) -> None:
             self._send(code, json.dumps(obj, default=str), "application/json")
