@@ -18,6 +18,8 @@ td,th{padding:.4em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-al
 button.big{font-size:1.3em;padding:.6em 1.2em;background:#c0121b;color:#fff;border:0;
 border-radius:6px;cursor:pointer}
 .step{padding:.3em 0;font-size:1.1em}
+#shapes li.sel{background:#fff6c0}
+
 """
 
 SCRIPTS = {
@@ -55,6 +57,130 @@ async function act(name){
 }
 refresh(); setInterval(refresh, 1000);
 """,
+    "cameras": r"""
+let cams = [], cur = null, shapes = [], sel = -1, tool = null, drawing = null, drag = null;
+let down = false, start = null, hover = null, dirty = false, frames = 0, firstFrame = null;
+const img = document.getElementById('preview'), cv = document.getElementById('overlay');
+const ctx = cv.getContext('2d');
+async function load(){
+  const j = await (await fetch('/api/cameras')).json(); cams = j.cameras;
+  document.getElementById('file').textContent = j.file;
+  if (!cams.length){ document.getElementById('camstate').textContent =
+    'No camera in this gateway\'s config ([[vision.cameras]]).'; return; }
+  document.getElementById('tabs').innerHTML = cams.map(c =>
+    `<button class="tab" data-cam="${esc(c.name)}" onclick="pick('${esc(c.name)}')">${esc(c.name)}${c.label?' ('+esc(c.label)+')':''}</button>`).join(' ');
+  pick(cur && cams.some(c => c.name === cur) ? cur : cams[0].name);
+}
+function pick(name){
+  const first = cur === null; cur = name; const c = cams.find(c => c.name === name);
+  shapes = c.zones.map(z => ({kind:'zone', name:z.name, pts:z.polygon.map(p => [...p])}))
+    .concat(c.masks.map(m => ({kind:'mask', name:'', pts:m.map(p => [...p])})));
+  sel = -1; tool = null; drawing = null; dirty = false; showState(c);
+  document.querySelectorAll('.tab').forEach(b => b.disabled = b.dataset.cam === name);
+  if (first) next(); draw();
+}
+function showState(c){
+  document.getElementById('camstate').innerHTML = `camera <b>${esc(c.name)}</b>: ` +
+    `<span class="${c.state==='ok'?'ok':'red'}">${esc(c.state)}</span> ${esc(c.detail||'')}` +
+    (c.size ? ` &middot; ${c.size[0]}&times;${c.size[1]}` : ''); }
+async function refreshState(){  // the camera's state only: shapes being edited stay as they are
+  const j = await (await fetch('/api/cameras')).json();
+  const c = j.cameras.find(c => c.name === cur); if (c) showState(c); }
+setInterval(refreshState, 2000);
+function next(){ if (cur) img.src = '/camera/' + encodeURIComponent(cur) + '.jpg?t=' + Date.now(); }
+img.onload = () => { frames++; if (firstFrame === null) firstFrame = performance.now();
+  window.previewFrames = frames; fit(); setTimeout(next, 500);
+  if (frames > 1) document.getElementById('fps').textContent =
+    (1000 * (frames - 1) / (performance.now() - firstFrame)).toFixed(2) + ' frames/s'; };
+img.onerror = () => { document.getElementById('fps').textContent = 'no frame yet';
+  setTimeout(next, 1000); };
+function fit(){ if (cv.width !== img.clientWidth || cv.height !== img.clientHeight){
+  cv.width = img.clientWidth; cv.height = img.clientHeight; draw(); } }
+function frac(e){ const r = cv.getBoundingClientRect();
+  return [Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)),
+          Math.min(1, Math.max(0, (e.clientY - r.top) / r.height))]; }
+function px(p){ return [p[0] * cv.width, p[1] * cv.height]; }
+function near(a, b){ const [ax, ay] = px(a), [bx, by] = px(b); return Math.hypot(ax-bx, ay-by) < 9; }
+function inside(pts, p){ let c = false;
+  for (let i = 0, j = pts.length - 1; i < pts.length; j = i++){
+    const [xi, yi] = pts[i], [xj, yj] = pts[j];
+    if ((yi > p[1]) !== (yj > p[1]) && p[0] < (xj - xi) * (p[1] - yi) / (yj - yi) + xi) c = !c; }
+  return c; }
+function path(pts, close){ ctx.beginPath(); pts.forEach((p, i) => { const [x, y] = px(p);
+  i ? ctx.lineTo(x, y) : ctx.moveTo(x, y); }); if (close) ctx.closePath(); }
+function draw(){
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  shapes.forEach((s, i) => {
+    path(s.pts, true);
+    ctx.fillStyle = s.kind === 'zone' ? 'rgba(0,200,60,0.18)' : 'rgba(0,0,0,0.45)'; ctx.fill();
+    ctx.lineWidth = i === sel ? 3 : 2;
+    ctx.strokeStyle = i === sel ? '#ffd400' : (s.kind === 'zone' ? '#00e050' : '#bbb'); ctx.stroke();
+    const [x, y] = px(s.pts[0]); ctx.font = 'bold 13px system-ui'; ctx.fillStyle = '#fff';
+    ctx.fillText(s.kind === 'zone' ? 'zone ' + s.name : 'mask', x + 4, y + 15);
+    if (i === sel) s.pts.forEach(p => { const [x, y] = px(p); ctx.fillStyle = '#ffd400';
+      ctx.fillRect(x - 4, y - 4, 8, 8); });
+  });
+  if (drawing){ path(hover && !down ? drawing.pts.concat([hover]) : drawing.pts, tool.shape === 'rect');
+    ctx.strokeStyle = '#ffd400'; ctx.lineWidth = 2; ctx.setLineDash([6, 4]); ctx.stroke();
+    ctx.setLineDash([]); }
+  document.getElementById('shapes').innerHTML = shapes.map((s, i) =>
+    `<li data-kind="${s.kind}" data-name="${esc(s.name)}" class="${i===sel?'sel':''}">` +
+    `${s.kind === 'zone' ? 'zone <b>' + esc(s.name) + '</b>' : 'mask ' + (i + 1)}: ` +
+    s.pts.map(p => '(' + p[0].toFixed(2) + ', ' + p[1].toFixed(2) + ')').join(' ') + '</li>').join('');
+  document.getElementById('dirty').textContent = dirty ? 'unsaved changes' : '';
+}
+function setTool(kind, shape){ tool = {kind, shape}; drawing = null; sel = -1;
+  document.getElementById('msg').textContent = shape === 'rect' ?
+    'Press, drag and release on the picture.' :
+    'Click each corner; double-click or click the first corner to close.'; draw(); }
+function finish(){
+  if (drawing && drawing.pts.length >= 3){
+    if (drawing.kind === 'zone'){ const n = document.getElementById('zname');
+      drawing.name = n.value.trim();
+      const m = n.value.match(/^(.*?)(\d+)$/); n.value = m ? m[1] + (+m[2] + 1) : n.value + '2'; }
+    shapes.push(drawing); sel = shapes.length - 1; dirty = true; }
+  drawing = null; tool = null; document.getElementById('msg').textContent = ''; draw(); }
+cv.addEventListener('mousedown', e => { const p = frac(e); down = true;
+  if (tool && tool.shape === 'rect'){ start = p; drawing = {kind: tool.kind, pts: [p, p, p, p]}; }
+  else if (tool){ if (!drawing) drawing = {kind: tool.kind, pts: [p]};
+    else if (drawing.pts.length >= 3 && near(drawing.pts[0], p)) finish();
+    else drawing.pts.push(p); }
+  else { const j = sel >= 0 ? shapes[sel].pts.findIndex(q => near(q, p)) : -1;
+    if (j >= 0) drag = {i: sel, j};
+    else { sel = -1; for (let i = shapes.length - 1; i >= 0; i--)
+      if (inside(shapes[i].pts, p)){ sel = i; break; } } }
+  draw(); });
+// on the window: a drag that leaves the picture still ends (points are clamped to its edge)
+window.addEventListener('mousemove', e => { if (!down && !drawing) return;
+  const p = frac(e); hover = p;
+  if (drawing && tool && tool.shape === 'rect' && down)
+    drawing.pts = [start, [p[0], start[1]], p, [start[0], p[1]]];
+  else if (drag){ shapes[drag.i].pts[drag.j] = p; dirty = true; }
+  draw(); });
+window.addEventListener('mouseup', e => { if (!down) return; down = false; drag = null;
+  if (drawing && tool && tool.shape === 'rect'){
+    const [a, b] = [drawing.pts[0], drawing.pts[2]];
+    if (Math.abs(a[0] - b[0]) * cv.width > 5 && Math.abs(a[1] - b[1]) * cv.height > 5) finish();
+    else drawing = null; }
+  draw(); });
+cv.addEventListener('dblclick', () => { if (drawing) { drawing.pts.pop(); finish(); } });
+function delSel(){ if (sel >= 0){ shapes.splice(sel, 1); sel = -1; dirty = true; draw(); } }
+async function save(){
+  const msg = document.getElementById('msg'); msg.className = ''; msg.textContent = 'saving...';
+  const body = {zones: shapes.filter(s => s.kind === 'zone').map(s => ({name: s.name, polygon: s.pts})),
+                masks: shapes.filter(s => s.kind === 'mask').map(s => s.pts)};
+  const r = await fetch('/api/zones/' + encodeURIComponent(cur), {method: 'POST',
+    body: JSON.stringify(body), headers: {'X-CSRF-Token': CSRF, 'Content-Type': 'application/json'}});
+  const j = await r.json();
+  if (!r.ok){ msg.className = 'red'; msg.innerHTML = 'Not saved:<ul>' +
+    j.problems.map(p => '<li>' + esc(p) + '</li>').join('') + '</ul>'; return; }
+  dirty = false; msg.className = 'ok';
+  msg.textContent = 'Saved to ' + j.file + ' and applied (reload: ' +
+    (j.reload.applied || []).join(', ') + (j.reload.restarted ? ', cameras restarted' : '') + ').';
+  await load();
+}
+load();
+""",
     "alarm": """
 async function testAlarm(){
   const btn = document.getElementById('raise'); btn.disabled = true;
@@ -86,6 +212,26 @@ async function testAlarm(){
 }
 
 BODIES = {
+    "cameras": """<h2>Cameras</h2>
+<div id="tabs"></div><p id="camstate"></p>
+<div id="view" style="position:relative;display:inline-block;line-height:0">
+<img id="preview" alt="camera preview" style="display:block;width:640px;max-width:100%;min-height:120px;background:#333">
+<canvas id="overlay" style="position:absolute;left:0;top:0;cursor:crosshair"></canvas></div>
+<p>Zone name <input id="zname" value="zone1" size="10">
+<button onclick="setTool('zone','rect')">Zone: rectangle</button>
+<button onclick="setTool('zone','poly')">Zone: polygon</button>
+<button onclick="setTool('mask','rect')">Mask: rectangle</button>
+<button onclick="setTool('mask','poly')">Mask: polygon</button>
+<button onclick="delSel()">Delete selected</button>
+<button id="save" onclick="save()"><b>Save and apply</b></button>
+<button onclick="load()">Discard changes</button> <span id="dirty" class="red"></span></p>
+<div id="msg"></div>
+<p class="fix">Zones (green) name where a person is: events carry the zone their feet are in.
+Masks (dark) are ignored by motion, person and smoke detection. Click a shape to select it; drag
+a yellow corner to move it. Saved to <code id="file"></code> (conf.d: kept across re-flash).
+Red boxes: the last person detections. Preview: <span id="fps"></span>,
+from the gateway's own capture.</p>
+<ul id="shapes"></ul>""",
     "selftest": """<h2>Self-test <span id="overall"></span></h2>
 <table><thead><tr><th></th><th>check</th><th>state</th></tr></thead><tbody id="rows"></tbody></table>""",
     "sensors": """<h2>Sensors</h2>
@@ -122,7 +268,7 @@ def page(name: str, gateway: str, csrf: str) -> str:
 <meta name="csrf" content="{escape(csrf)}"><title>{escape(gateway)}: {name}</title>
 <style>{STYLE}</style></head><body>
 <header><b>wardgate {escape(gateway)}</b><a href="/">Self-test</a><a href="/sensors">Sensors</a>
-<a href="/alarm">Test alarm</a>
+<a href="/cameras">Cameras</a><a href="/alarm">Test alarm</a>
 <form method="post" action="/logout" style="margin-left:auto">
 <input type="hidden" name="csrf" value="{escape(csrf)}"><button>Log out</button></form></header>
 <main>{BODIES[name]}</main><script>{COMMON_JS}{SCRIPTS[name]}</script></body></html>"""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from edge import selftest
-from edge.localweb import auth, pages
+from edge.localweb import auth, cameras, pages
 from edge.pipeline import NotAccepted
 from protocol.events import Event, Kind
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wardgate.localweb")
 
+#: largest request body read (a camera's zones and masks as JSON)
+MAX_BODY = 64 * 1024
 #: how long the page follows a test alarm (committed -> sent -> acknowledged)
 TRACK_S = 60.0
 #: units of a node's sensor kinds (readings carry values already in these units)
@@ -69,6 +71,7 @@ class LocalWeb:
         self.sessions = auth.Sessions()
         self.latest: dict[str, dict[str, Any]] = {}  # source -> last reading/alarm/fault
         self.alarms: dict[str, TestAlarm] = {}
+        self.cameras = cameras.Cameras(gw)
         self._lock = threading.Lock()
         gw.add_emit_listener(self._on_event)
         gw.add_ack_listener(self._on_ack)
@@ -232,8 +235,11 @@ def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline'")
             for k, v in hdr.items():
                 self.send_header(k.replace("_", "-"), v)
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the browser left (a new page)
+                log.debug("%s left before the response was sent", _client(self))
 
         def _json(self, code: int, obj: Any) -> None:
             self._send(code, json.dumps(obj, default=str), "application/json")
@@ -278,6 +284,16 @@ def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
                 self._send(200, pages.page("sensors", gw_id, csrf))
             elif path == "/alarm":
                 self._send(200, pages.page("alarm", gw_id, csrf))
+            elif path == "/cameras":
+                self._send(200, pages.page("cameras", gw_id, csrf))
+            elif path == "/api/cameras":
+                self._json(200, web.cameras.info())
+            elif path.startswith("/camera/") and path.endswith(".jpg"):
+                jpeg = web.cameras.jpeg(path[len("/camera/") : -len(".jpg")])
+                if jpeg is None:
+                    self._send(503, "no frame from this camera yet", "text/plain")
+                else:
+                    self._send(200, jpeg, "image/jpeg")
             elif path == "/api/selftest":
                 self._json(200, selftest.report(web.gw))
             elif path == "/api/sensors":
@@ -290,14 +306,19 @@ def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, "not found", "text/plain")
 
-        def _form(self) -> dict[str, str]:
-            length = min(int(self.headers.get("Content-Length") or 0), 4096)
-            body = self.rfile.read(length).decode(errors="replace")
+        def _body(self) -> str:
+            length = min(int(self.headers.get("Content-Length") or 0), MAX_BODY)
+            return self.rfile.read(length).decode(errors="replace")
+
+        def _form(self, body: str) -> dict[str, str]:
+            if self.headers.get("Content-Type", "").startswith("application/json"):
+                return {}
             return {k: v[0] for k, v in parse_qs(body).items()}
 
         def do_POST(self) -> None:  # noqa: N802
             path = self.path.split("?")[0]
-            form = self._form()
+            body = self._body()
+            form = self._form(body)
             if path == "/login":
                 self._login(form)
                 return
@@ -332,8 +353,32 @@ def _handler(web: LocalWeb) -> type[BaseHTTPRequestHandler]:
                     return
                 web.report(name, _client(self), True)
                 self._json(200, {"result": result})
+            elif path.startswith("/api/zones/"):
+                self._save_zones(path[len("/api/zones/") :], body)
             else:
                 self._json(404, {"error": "not found"})
+
+        def _save_zones(self, camera: str, body: str) -> None:
+            """Zones and masks of one camera -> the conf.d drop-in, validated, then reload."""
+            client = _client(self)
+            try:
+                sent = json.loads(body)
+                if not isinstance(sent, dict):
+                    raise cameras.SaveError(["send a JSON object {zones, masks}"])
+                saved = web.cameras.save(camera, sent)
+            except (ValueError, cameras.SaveError) as exc:  # JSONDecodeError is a ValueError
+                problems = getattr(exc, "problems", None) or [str(exc)]
+                web.report("zones", client, False, camera=camera[:64], error=problems[0][:200])
+                self._json(400, {"problems": problems})
+                return
+            except Exception as exc:  # the reload itself failed: say so, the file is written
+                web.report("zones", client, False, camera=camera[:64], error=str(exc)[:200])
+                self._json(500, {"problems": [f"saved, but the reload failed: {exc}"]})
+                return
+            # upstream: the shapes themselves, so the fleet can adopt them into its inventory
+            web.report("zones", client, True, camera=camera, zones=saved["zones"],
+                       masks=saved["masks"], file=saved["file"])  # fmt: skip
+            self._json(200, saved)
 
         def _login(self, form: dict[str, str]) -> None:
             client = _client(self)

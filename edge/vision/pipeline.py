@@ -126,6 +126,10 @@ class CameraPipeline(Pipeline):
         self._offline_since = 0.0
         self._last_kick = 0.0
         self._last_frame_t: float | None = None
+        # for the technician's preview (edge/localweb): references only, nothing is copied or
+        # encoded here; the page encodes the newest frame when it asks, at most twice a second
+        self.latest_frame: Frame | None = None
+        self.last_detections: tuple[float, list[tuple[Box, float]]] = (0.0, [])
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -159,6 +163,7 @@ class CameraPipeline(Pipeline):
         h, w = image.shape[:2]
         self._size = (w, h)
         self._last_frame_t = t
+        self.latest_frame = frame
         timings: dict[str, float] = {}
         self.counters["frames"] += 1
         t0 = time.perf_counter()
@@ -174,7 +179,9 @@ class CameraPipeline(Pipeline):
             t2 = time.perf_counter()
             timings["detect_ms"] = (t2 - t1) * 1e3
             self.counters["detector_runs"] += 1
-            events = self.tracker.update(t, self._persons(found, w, h))
+            persons = self._persons(found, w, h)
+            self.last_detections = (frame.captured, persons)
+            events = self.tracker.update(t, persons)
             t3 = time.perf_counter()
             timings["track_ms"] = (t3 - t2) * 1e3
             self._emit_person(events, image)
