@@ -5,7 +5,9 @@ limit person events to them, survive a restart and are reported upstream."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +17,7 @@ from edge import config
 from edge.localweb.cameras import ZONES_FILE
 from tests.central_support import CHROMIUM, CHROMIUM_ARGS
 from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_config
-from tests.test_localweb import PASSWORD, SHOTS, free_port, localweb_section
+from tests.test_localweb import PASSWORD, SHOTS_ENV, free_port, localweb_section
 from tests.vision_context import DATA
 
 #: seconds of CPU measured with the preview open, and again closed
@@ -146,7 +148,9 @@ loop = true
             assert np.allclose(zones["lawn"][1], (0.35, 0.78), atol=0.01), zones["lawn"]
             assert np.allclose(zones["gate"], [(0.5, 0.88), (0.75, 0.88), (0.6, 0.99)], atol=0.01)
             page.wait_for_timeout(1500)  # a preview with the detections and the new shapes
-            page.screenshot(path=str(SHOTS / "cameras.png"), full_page=True)
+            shots = Path(os.environ.get(SHOTS_ENV) or tmp_path / "shots")
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "cameras.png"), full_page=True)
 
             # applied at once: person events name the path, never the lawn
             def since():
