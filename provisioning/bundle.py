@@ -515,11 +515,13 @@ wardgate bundle for gateway {row.id} ({row.district}/{row.ward}, {row.site_type}
 Board serial: {row.hw_serial}. The installer refuses to run on another board.
 
 Easiest: flash Raspberry Pi OS Lite (64-bit) to the card, mount its boot partition, then
-    wardgate provision flash FLEET_DIR {row.id} --boot /media/$USER/bootfs --wheelhouse WHEELS
+    wardgate provision wheelhouse --os bookworm --arch aarch64  (once; cloud-init images: trixie)
+    wardgate provision flash FLEET_DIR {row.id} --boot /media/$USER/bootfs \\
+        --wheelhouse wheels/bookworm-aarch64
 
 By hand:
-  1. Copy boot/wardgate/ to the boot partition (as wardgate/), and your wheels into
-     wardgate/wheels/.
+  1. Copy boot/wardgate/ to the boot partition as wardgate/ (delete any wardgate/ folder there
+     first), and the wheels for the card's OS and CPU into wardgate/wheels/.
   2. Images with cloud-init (meta-data, user-data on the partition): copy the three files of
      boot/cloud-init/ to the partition root, replacing the ones there.
      Bookworm images: copy boot/bookworm/custom.toml and firstrun.sh to the partition root and

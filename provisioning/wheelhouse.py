@@ -257,6 +257,8 @@ def target_pins(constraints: Path, tgt: Target) -> list[str]:
     return pins
 
 
+#: what a copy of the source tree leaves out before building wardgate's wheel
+NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 NO_DIST = re.compile(r"No matching distribution found for (\S+)")
 
 
@@ -338,7 +340,14 @@ def _build_into(
                 "or --wardgate-wheel FILE"
             )
         say(f"building wardgate's wheel from {source}")
-        proc = _pip(python, "wheel", "--no-deps", "-q", "-w", str(staging), str(source))
+        # from a clean copy: setuptools' in-tree build/ keeps files deleted from the source
+        # and would ship them
+        tree = staging.parent / f"{staging.name}.src"
+        shutil.copytree(source, tree, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+        try:
+            proc = _pip(python, "wheel", "--no-deps", "-q", "-w", str(staging), str(tree))
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
         if proc.returncode != 0:
             raise WheelhouseError(f"pip wheel {source} failed:\n  {_tail(proc)}")
     (own,) = staging.glob("wardgate-*.whl")
