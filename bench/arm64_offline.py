@@ -1,22 +1,26 @@
 """The offline install, proved on arm64: a Bookworm arm64 root file system under qemu-user installs
 wardgate from a card written by `provision flash`, with no network at all, and runs it.
 
-    sudo .venv/bin/python bench/arm64_offline.py [--rootfs DIR] [--wheelhouse DIR] [--run-s 40]
+    sudo .venv/bin/python bench/arm64_offline.py [--os bookworm|trixie] [--rootfs DIR]
+        [--wheelhouse DIR] [--run-s 40]
 
 Too slow for the suite (debootstrap under emulation takes minutes the first time; the rootfs is
 kept and reused). Needs root, debootstrap, qemu-user-static and binfmt-support (Debian packages;
 the qemu-aarch64 binfmt entry enabled) and mosquitto. Steps, each timed:
 
-1. a minimal Bookworm arm64 root file system (`debootstrap --arch=arm64 --variant=minbase`, with
-   python3 and python3-venv, as Raspberry Pi OS Lite has them);
-2. `provision wheelhouse --os bookworm --arch aarch64`;
-3. a fleet with one gateway (a file camera), `provision flash` onto the rootfs' /boot/firmware;
+1. a minimal arm64 root file system of the release (`debootstrap --arch=arm64 --variant=minbase`,
+   with python3 and python3-venv, as Raspberry Pi OS Lite has them);
+2. `provision wheelhouse --os OS --arch aarch64`;
+3. a fleet with one gateway (a file camera), `provision flash` onto the rootfs' /boot/firmware
+   (shaped as that release's image: Trixie's carries cloud-init's meta-data and user-data);
 4. the card's own `wardgate/install.sh`, in the rootfs, in a network namespace with no network
    (`unshare -n`): pip gets nothing but the card's wheels. Only systemctl is a stub (no systemd in
    a chroot); /proc/cpuinfo is an arm-shaped one, bind-mounted, since LiteRT's CPU detection
    reads it and qemu-user passes the host's through (a real Pi needs none of this);
 5. `wardgate check-config`, `wardgate detect` on a photo (compared with this machine's result);
-6. `wardgate run` as the service user against the fleet's own broker (a real Mosquitto on this
+6. with the network this time, what `pip install wardgate[gateway]` on the arm64 Python would
+   resolve online (`--dry-run --report`), compared with the wheelhouse: the same versions?
+7. `wardgate run` as the service user against the fleet's own broker (a real Mosquitto on this
    machine, the fleet's certificates, ACL and CRL) for --run-s seconds: connected, and what it
    published.
 """
@@ -52,6 +56,7 @@ HW_SERIAL = "10000000feedc0de"
 PHOTO = REPO / "tests/data/photos/astronaut.jpg"
 CLIP = REPO / "tests/data/vtest_people.mp4"
 MIRROR = "http://deb.debian.org/debian"
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"  # looked up here: the runs' PATH is the Pi's
 
 #: a Raspberry Pi 5's /proc/cpuinfo (4 x Cortex-A76), with the board serial install.sh checks
 CPUINFO = (
@@ -99,13 +104,14 @@ def preflight() -> list[str]:
     return problems
 
 
-def make_rootfs(rootfs: Path) -> str:
-    if (rootfs / "usr/bin/python3").exists() and (rootfs / "usr/lib/python3.11/venv").is_dir():
+def make_rootfs(rootfs: Path, tgt: wheelhouse.Target) -> str:
+    venv = rootfs / f"usr/lib/python{tgt.python_short}/venv"
+    if (rootfs / "usr/bin/python3").exists() and venv.is_dir():
         return "reused"
     rootfs.parent.mkdir(parents=True, exist_ok=True)
     out = sh(
         "debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv",
-        "bookworm", str(rootfs), MIRROR,
+        tgt.os, str(rootfs), MIRROR,
     )  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"debootstrap failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
@@ -140,6 +146,7 @@ class Chroot:
             (self.rootfs / "proc", ["-t", "proc", "proc"]),
             (self.rootfs / "proc/cpuinfo", ["--bind", str(cpuinfo)]),
             (self.rootfs / "dev", ["--bind", "/dev"]),
+            (self.rootfs / "sys", ["--bind", "/sys"]),  # LiteRT reads the possible CPUs there
         ):
             out = sh("mount", *args, str(target))
             if out.returncode != 0:
@@ -159,12 +166,12 @@ class Chroot:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": "/root", "LANG": "C.UTF-8"}  # fmt: skip
         return subprocess.run(
-            [*prefix, "chroot", *userspec, str(self.rootfs), *cmd],
+            [*prefix, CHROOT, *userspec, str(self.rootfs), *cmd],
             capture_output=True, text=True, timeout=timeout, env=env,
         )  # fmt: skip
 
 
-def prepare(rootfs: Path) -> None:
+def prepare(rootfs: Path, tgt: wheelhouse.Target) -> None:
     """A clean gateway state (a rerun starts from a fresh image's) plus what a chroot lacks."""
     for path in ("opt/wardgate", "etc/wardgate", "var/lib/wardgate", "boot/firmware"):
         shutil.rmtree(rootfs / path, ignore_errors=True)
@@ -174,6 +181,9 @@ def prepare(rootfs: Path) -> None:
     boot.mkdir(parents=True)
     (boot / "config.txt").write_text("arm_64bit=1\n")
     (boot / "cmdline.txt").write_text("console=tty1 root=PARTUUID=1234-02 rootwait\n")
+    if tgt.os == "trixie":  # Raspberry Pi OS images since Trixie configure with cloud-init
+        (boot / "meta-data").write_text("instance-id: rpios-image\n")
+        (boot / "user-data").write_text("#cloud-config\n")
     stub = rootfs / "usr/local/sbin/systemctl"
     stub.parent.mkdir(parents=True, exist_ok=True)
     stub.write_text(SYSTEMCTL_STUB)
@@ -197,10 +207,14 @@ def detections(stdout: str) -> list[tuple[str, float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rootfs", type=Path, default=Path("/var/tmp/wardgate-arm64/rootfs"))
+    ap.add_argument("--os", choices=("bookworm", "trixie"), default="bookworm", dest="os_name")
+    ap.add_argument("--rootfs", type=Path, help="default /var/tmp/wardgate-arm64/OS (kept)")
     ap.add_argument("--wheelhouse", type=Path, help="use these wheels instead of building them")
     ap.add_argument("--run-s", type=float, default=40.0, help="how long `wardgate run` runs")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument(
+        "--no-online-check", action="store_true", help="skip the online resolution (step 6)"
+    )
     args = ap.parse_args()
     problems = preflight()
     if problems:
@@ -216,11 +230,11 @@ def main() -> int:
         results[name] = {"seconds": round(seconds, 1), "result": what}
 
     work = Path(tempfile.mkdtemp(prefix="arm64-proof-", dir="/var/tmp"))
-    rootfs = args.rootfs
-    seconds, how = timed(lambda: make_rootfs(rootfs))
-    step("root file system (Bookworm arm64)", seconds, how)
+    tgt = wheelhouse.target(args.os_name, "aarch64")
+    rootfs = args.rootfs or Path("/var/tmp/wardgate-arm64") / tgt.os
+    seconds, how = timed(lambda: make_rootfs(rootfs, tgt))
+    step(f"root file system ({tgt.os} arm64)", seconds, how)
 
-    tgt = wheelhouse.target("bookworm", "aarch64")
     if args.wheelhouse:
         wheels = args.wheelhouse
         seconds, problems = timed(lambda: wheelhouse.check(wheels, tgt))
@@ -234,7 +248,7 @@ def main() -> int:
         count, size = built.wheels, built.bytes
     step("wheelhouse", seconds, f"{count} wheels, {size / 1e6:.1f} MB")
 
-    prepare(rootfs)
+    prepare(rootfs, tgt)
     fleet = make_fleet(work / "fleet", Path("/opt/proof") / CLIP.name)
     from edge.cli import main as wardgate
 
@@ -288,11 +302,15 @@ def main() -> int:
         )
         step(f"detect {PHOTO.name}", seconds, what)
 
+        if not args.no_online_check:
+            seconds, what = timed(lambda: online_resolution(chroot, wheels))
+            step("online resolution on arm64 pip (dry run)", seconds, what)
+
         broker = start_local_broker(fleet, work / "broker")
         try:
             dropin = rootfs / "etc/wardgate/conf.d/90-arm64-proof.toml"
             dropin.write_text(f"[uplink]\nport = {broker.cert_port}\n")
-            sh("chroot", str(rootfs), "chown", "wardgate:wardgate", str(dropin)[len(str(rootfs)) :])
+            sh(CHROOT, str(rootfs), "chown", "wardgate:wardgate", str(dropin)[len(str(rootfs)) :])
             seconds, summary = timed(lambda: run_gateway(chroot, broker, args.run_s))
             step(f"run ({args.run_s:.0f} s) against the fleet's broker", seconds, summary)
         finally:
@@ -306,11 +324,46 @@ def main() -> int:
     return 0
 
 
+def online_resolution(chroot: Chroot, wheels: Path) -> str:
+    """What pip on the arm64 Python itself picks from the index, against the wheelhouse."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    own = chroot.rootfs / "opt/proof/own"
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True)
+    for wheel in wheels.glob("wardgate-*.whl"):
+        shutil.copyfile(wheel, own / wheel.name)
+    shutil.copyfile("/etc/resolv.conf", chroot.rootfs / "etc/resolv.conf")
+    out = chroot.run(
+        "/opt/wardgate/venv/bin/pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+        "--report", "/opt/proof/report.json", "--find-links", "/opt/proof/own",
+        "wardgate[gateway]",
+    )  # fmt: skip
+    if out.returncode != 0:
+        return f"FAILED: {(out.stdout + out.stderr)[-1500:]}"
+    report = json.loads((chroot.rootfs / "opt/proof/report.json").read_text())
+    online = {
+        canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
+        for item in report["install"]
+    }
+    offline = {}
+    for wheel in wheels.glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        offline[name] = str(version)
+    differ = {
+        name: (online.get(name), offline.get(name))
+        for name in sorted(set(online) | set(offline))
+        if online.get(name) != offline.get(name)
+    }
+    verdict = "the same" if not differ else f"DIFFERENT (online, wheelhouse): {differ}"
+    return f"{len(online)} distributions online, {len(offline)} wheels: {verdict}"
+
+
 def run_gateway(chroot: Chroot, broker, run_s: float) -> str:
     log = chroot.work / "run.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen(
-            ["chroot", "--userspec=wardgate:wardgate", str(chroot.rootfs),
+            [CHROOT, "--userspec=wardgate:wardgate", str(chroot.rootfs),
              "/opt/wardgate/venv/bin/wardgate", "run", "--config", "/etc/wardgate/config.toml"],
             stdout=handle, stderr=subprocess.STDOUT,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/var/lib/wardgate"},
@@ -333,7 +386,7 @@ def run_gateway(chroot: Chroot, broker, run_s: float) -> str:
     connected = f"connected after {connected_after:.1f} s" if connected_after else "NOT connected"
     published: dict[str, int] = {}
     for match in re.finditer(rf"Received PUBLISH from {GATEWAY} \(.*?'([^']+)'", broker.log()):
-        kind = "/".join(match.group(1).split("/")[4:]) or match.group(1)
+        kind = match.group(1).split(f"/{GATEWAY}/", 1)[-1]
         published[kind] = published.get(kind, 0) + 1
     return (
         f"{connected}; published {published}; exit {rc} on SIGTERM; "

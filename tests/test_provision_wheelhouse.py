@@ -195,7 +195,6 @@ def test_flash_writes_an_installable_card(
     out = capsys.readouterr()
     assert f"({flavour} first boot)" in out.out
     assert out.out.rstrip().endswith("safe to eject")
-    assert "copying wheels: 0.0 of" not in out.err  # progress is counted in bytes copied
     assert "(100 %)" in out.err and "(50 %)" in out.err
     card = boot / "wardgate/wheels"
     assert sorted(p.name for p in card.iterdir()) == sorted(
