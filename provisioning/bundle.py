@@ -332,8 +332,8 @@ def flash(
     gateway = _env_value(directory / PAYLOAD / "gateway.env", "WARDGATE_ID")
     if previous is not None and previous != gateway:
         say(
-            f"{boot_dir}: this card held gateway {previous}; its wardgate/ folder (config, "
-            "secrets, network settings) is replaced"
+            f"warning: {boot_dir}: this card held gateway {previous}; its wardgate/ folder "
+            "(config, secrets, network settings) is replaced"
         )
     kept = replace_payload(directory, boot_dir, keep_wheels=wheels_from == _card_wheels(boot_dir))
     if wheels and not kept:
@@ -395,8 +395,8 @@ def card_wheelhouse(
         return wheelhouse
     if allow_uninstallable:
         say(
-            f"{boot_dir}: this card cannot install wardgate offline ({problems[0]}); written "
-            "anyway (--allow-uninstallable): the image must already carry wardgate"
+            f"warning: {boot_dir}: this card cannot install wardgate offline ({problems[0]}); "
+            "written anyway (--allow-uninstallable): the image must already carry wardgate"
         )
         return wheelhouse
     raise FleetError(

@@ -368,7 +368,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
                 flavour=args.flavour,
                 arch=args.arch,
                 allow_uninstallable=args.allow_uninstallable,
-                say=lambda message: print(f"warning: {message}", file=sys.stderr),
+                say=lambda message: print(message, file=sys.stderr),
                 progress=progress,
             )
     except FleetError as exc:
