@@ -28,6 +28,7 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,13 +295,25 @@ def _owner_neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def flash(
-    directory: Path, boot_dir: Path, *, wheelhouse: Path | None = None, flavour: str = "auto"
+    directory: Path,
+    boot_dir: Path,
+    *,
+    wheelhouse: Path | None = None,
+    flavour: str = "auto",
+    arch: str = "aarch64",
+    allow_uninstallable: bool = False,
+    say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """Put a bundle onto a mounted Raspberry Pi OS boot partition; returns the flavour used.
 
     The flavour follows the image: fresh cloud-init images carry `meta-data`/`user-data` in the
-    partition root; Bookworm images carry neither.
+    partition root; Bookworm images carry neither. A card that could not install wardgate (no
+    wheelhouse, or one that misses a wheel for the card's OS and CPU) is refused before anything
+    is written, unless `allow_uninstallable`. `wardgate/` on the card is replaced as a whole, and
+    every file is on the card (fsync, sync) when this returns.
     """
+    say = say or log.warning
     if not (boot_dir / "cmdline.txt").is_file() or not (boot_dir / "config.txt").is_file():
         raise FleetError(
             f"{boot_dir}: not a Raspberry Pi OS boot partition (no cmdline.txt / config.txt); "
@@ -308,37 +321,178 @@ def flash(
         )
     if not (directory / CONFIG).is_file() or not (directory / KEY).is_file():
         raise FleetError(f"{directory}: not a complete bundle (no config or key)")
-    if flavour == "auto":
-        has_cloud_init = (boot_dir / "meta-data").exists() or (boot_dir / "user-data").exists()
-        flavour = "cloud-init" if has_cloud_init else "bookworm"
-    wheels = sorted(wheelhouse.glob("*.whl")) if wheelhouse else []
+    flavour = card_flavour(boot_dir, flavour)
+    wheels_from = card_wheelhouse(boot_dir, wheelhouse, flavour, arch, allow_uninstallable, say)
+    wheels = sorted(wheels_from.glob("*.whl")) if wheels_from else []
     if wheelhouse is not None and not any(w.name.startswith("wardgate-") for w in wheels):
         raise FleetError(f"{wheelhouse}: no wardgate-*.whl in it (build one: `pip wheel .`)")
     need = sum(w.stat().st_size for w in wheels) + 1_000_000
-    if shutil.disk_usage(boot_dir).free < need:
+    free = shutil.disk_usage(boot_dir).free + _tree_size(boot_dir / "wardgate")
+    if free < need:
         raise FleetError(f"{boot_dir}: not enough free space ({need // 1_000_000} MB needed)")
 
-    # a conf.d/ in a bundle is never carried to the card: the gateway's own conf.d/ holds the
-    # site's overrides and install.sh leaves it alone (docs/config.md, "Layers")
-    _copy_tree(directory / PAYLOAD, boot_dir / "wardgate", skip="etc/conf.d")
-    if wheels:
-        (boot_dir / "wardgate" / "wheels").mkdir(exist_ok=True)
-        for wheel in wheels:
-            shutil.copyfile(wheel, boot_dir / "wardgate" / "wheels" / wheel.name)
+    previous = card_gateway(boot_dir)
+    gateway = _env_value(directory / PAYLOAD / "gateway.env", "WARDGATE_ID")
+    if previous is not None and previous != gateway:
+        say(
+            f"warning: {boot_dir}: this card held gateway {previous}; its wardgate/ folder "
+            "(config, secrets, network settings) is replaced"
+        )
+    kept = replace_payload(directory, boot_dir, keep_wheels=wheels_from == _card_wheels(boot_dir))
+    if wheels and not kept:
+        copy_wheels(wheels, boot_dir / "wardgate" / "wheels", progress)
     if flavour == "cloud-init":
         for name in ("user-data", "meta-data", "network-config"):
             shutil.copyfile(directory / "boot/cloud-init" / name, boot_dir / name)
-    elif flavour == "bookworm":
+    else:
         for name in ("custom.toml", "firstrun.sh"):
             shutil.copyfile(directory / "boot/bookworm" / name, boot_dir / name)
         cmdline = boot_dir / "cmdline.txt"
         line = cmdline.read_text().strip()
         if "systemd.run=" not in line:
             cmdline.write_text(line + " " + boot.CMDLINE_FIRSTRUN + "\n")
-    else:
-        raise FleetError(f"unknown flavour {flavour!r}: use auto, cloud-init or bookworm")
+    _fsync_tree(boot_dir)
     os.sync()
     return flavour
+
+
+# --- flash: the card's OS, its wheelhouse, replacing wardgate/ ---------------------------------
+
+#: the Raspberry Pi OS release behind each first-boot flavour (cloud-init came with Trixie)
+FLAVOUR_OS = {"cloud-init": "trixie", "bookworm": "bookworm"}
+
+
+def card_flavour(boot_dir: Path, flavour: str) -> str:
+    if flavour == "auto":
+        has_cloud_init = (boot_dir / "meta-data").exists() or (boot_dir / "user-data").exists()
+        return "cloud-init" if has_cloud_init else "bookworm"
+    if flavour not in FLAVOUR_OS:
+        raise FleetError(f"unknown flavour {flavour!r}: use auto, cloud-init or bookworm")
+    return flavour
+
+
+def _card_wheels(boot_dir: Path) -> Path:
+    return boot_dir / "wardgate" / "wheels"
+
+
+def card_wheelhouse(
+    boot_dir: Path,
+    wheelhouse: Path | None,
+    flavour: str,
+    arch: str,
+    allow_uninstallable: bool,
+    say: Callable[[str], None],
+) -> Path | None:
+    """The wheels the card will carry: `wheelhouse`, or without one the card's own when they are
+    complete for its OS and CPU. Refuses (FleetError) a card that could not install wardgate
+    offline, unless `allow_uninstallable`."""
+    from provisioning import wheelhouse as wh
+
+    tgt = wh.target(FLAVOUR_OS[flavour], arch)
+    on_card = _card_wheels(boot_dir)
+    if wheelhouse is None and on_card.is_dir() and not wh.check_for_card(on_card, tgt):
+        say(f"{boot_dir}: keeping the wheels already on the card (complete for {tgt.name})")
+        return on_card
+    problems = wh.check_for_card(wheelhouse, tgt)
+    if not problems:
+        return wheelhouse
+    if allow_uninstallable:
+        say(
+            f"warning: {boot_dir}: this card cannot install wardgate offline ({problems[0]}); "
+            "written anyway (--allow-uninstallable): the image must already carry wardgate"
+        )
+        return wheelhouse
+    raise FleetError(
+        f"{boot_dir}: not writing a card that cannot install wardgate: the card is "
+        f"{tgt.describe} ({flavour} image) and\n  "
+        + "\n  ".join(problems[:10])
+        + ("\n  ..." if len(problems) > 10 else "")
+        + f"\nBuild the wheels: wardgate provision wheelhouse --os {tgt.os} --arch {tgt.arch} "
+        f"(then --wheelhouse wheels/{tgt.name}); --allow-uninstallable writes the card anyway "
+        "(for images that already carry wardgate)"
+    )
+
+
+def card_gateway(boot_dir: Path) -> str | None:
+    """The gateway id a card's `wardgate/` was written for, if any."""
+    return _env_value(boot_dir / "wardgate" / "gateway.env", "WARDGATE_ID")
+
+
+def _env_value(path: Path, key: str) -> str | None:
+    import shlex
+
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + "="):
+            values = shlex.split(line.split("=", 1)[1])
+            return values[0] if values else ""
+    return None
+
+
+def replace_payload(directory: Path, boot_dir: Path, *, keep_wheels: bool) -> bool:
+    """Replace the card's `wardgate/` with the bundle's: nothing of a previous gateway stays (its
+    network keyfiles, secrets, INSTALLED marker). Keeps the card's wheels only when told to;
+    returns whether it did."""
+    target = boot_dir / "wardgate"
+    kept = boot_dir / ".wardgate-wheels"
+    shutil.rmtree(kept, ignore_errors=True)
+    if keep_wheels:
+        (target / "wheels").rename(kept)
+    shutil.rmtree(target, ignore_errors=True)
+    # a conf.d/ in a bundle is never carried to the card: the gateway's own conf.d/ holds the
+    # site's overrides and install.sh leaves it alone (docs/config.md, "Layers")
+    _copy_tree(directory / PAYLOAD, target, skip="etc/conf.d")
+    if keep_wheels:
+        kept.rename(target / "wheels")
+    return keep_wheels
+
+
+def copy_wheels(
+    wheels: list[Path], dest: Path, progress: Callable[[int, int], None] | None = None
+) -> None:
+    """Copy the wheels in 1 MiB steps, reporting (bytes done, bytes total) as it goes."""
+    dest.mkdir(parents=True, exist_ok=True)
+    total = sum(w.stat().st_size for w in wheels)
+    done = 0
+    for wheel in wheels:
+        with open(wheel, "rb") as src, open(dest / wheel.name, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
+def _tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _fsync_tree(boot_dir: Path) -> None:
+    """fsync what flash wrote (wardgate/ and the first-boot files) and their folders: a card
+    pulled after "safe to eject" holds every byte."""
+    files = [p for p in (boot_dir / "wardgate").rglob("*") if p.is_file()]
+    files += [boot_dir / n for n in FIRST_BOOT_FILES if (boot_dir / n).is_file()]
+    folders = [boot_dir, boot_dir / "wardgate"]
+    folders += [p for p in (boot_dir / "wardgate").rglob("*") if p.is_dir()]
+    for path in files + folders:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path in folders else 0))
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse fsync on a folder
+            if path not in folders:
+                raise
+        finally:
+            os.close(fd)
+
+
+FIRST_BOOT_FILES = (
+    "user-data", "meta-data", "network-config", "custom.toml", "firstrun.sh", "cmdline.txt",
+)  # fmt: skip
 
 
 def _copy_tree(src: Path, dst: Path, skip: str | None = None) -> None:
@@ -364,11 +518,13 @@ wardgate bundle for gateway {row.id} ({row.district}/{row.ward}, {row.site_type}
 Board serial: {row.hw_serial}. The installer refuses to run on another board.
 
 Easiest: flash Raspberry Pi OS Lite (64-bit) to the card, mount its boot partition, then
-    wardgate provision flash FLEET_DIR {row.id} --boot /media/$USER/bootfs --wheelhouse WHEELS
+    wardgate provision wheelhouse --os bookworm --arch aarch64  (once; cloud-init images: trixie)
+    wardgate provision flash FLEET_DIR {row.id} --boot /media/$USER/bootfs \\
+        --wheelhouse wheels/bookworm-aarch64
 
 By hand:
-  1. Copy boot/wardgate/ to the boot partition (as wardgate/), and your wheels into
-     wardgate/wheels/.
+  1. Copy boot/wardgate/ to the boot partition as wardgate/ (delete any wardgate/ folder there
+     first), and the wheels for the card's OS and CPU into wardgate/wheels/.
   2. Images with cloud-init (meta-data, user-data on the partition): copy the three files of
      boot/cloud-init/ to the partition root, replacing the ones there.
      Bookworm images: copy boot/bookworm/custom.toml and firstrun.sh to the partition root and

@@ -164,9 +164,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("fleet", type=Path)
     p.add_argument("gateway", help="gateway id")
     p.add_argument("--boot", type=Path, required=True, help="mount point of the boot partition")
-    p.add_argument("--wheelhouse", type=Path, help="folder with wardgate-*.whl and its deps")
+    p.add_argument(
+        "--wheelhouse",
+        type=Path,
+        help="wheels for the card's OS and CPU (`provision wheelhouse`); default: keep the "
+        "card's own if they are complete",
+    )
     p.add_argument("--flavour", choices=("auto", "cloud-init", "bookworm"), default="auto")
+    p.add_argument(
+        "--arch", choices=("aarch64", "armv7l"), default="aarch64", help="the image's CPU"
+    )
+    p.add_argument(
+        "--allow-uninstallable",
+        action="store_true",
+        help="write the card even though it cannot install wardgate offline (no or incomplete "
+        "wheelhouse for its OS and CPU): only for images that already carry wardgate",
+    )
     p.set_defaults(func=cmd_flash)
+
+    p = psub.add_parser(
+        "wheelhouse",
+        help="download and build every wheel a gateway installs offline from its card",
+        description="Every wheel `wardgate[gateway]` needs on one Raspberry Pi OS release and "
+        "CPU, for `flash --wheelhouse` (docs/provisioning.md, 'Wheelhouse').",
+    )
+    p.add_argument("--os", required=True, choices=("bookworm", "trixie"), dest="os_name")
+    p.add_argument("--arch", choices=("aarch64", "armv7l"), default="aarch64")
+    p.add_argument("--out", "-o", type=Path, help="folder to fill (default: wheels/OS-ARCH)")
+    p.add_argument("--source", type=Path, help="wardgate source tree (default: this one)")
+    p.add_argument("--wardgate-wheel", type=Path, help="a built wardgate-*.whl instead")
+    p.add_argument(
+        "--constraints", type=Path, help="pins (default: the source tree's constraints.txt)"
+    )
+    p.add_argument("--index-url", help="package index (default: pip's)")
+    p.add_argument(
+        "--extra-index-url",
+        action="append",
+        default=[],
+        help="another index, e.g. https://www.piwheels.org/simple for armv7l",
+    )
+    p.set_defaults(func=cmd_wheelhouse)
 
 
 def _passphrase_arg(p: argparse.ArgumentParser) -> None:
@@ -494,12 +531,79 @@ def cmd_flash(args: argparse.Namespace) -> int:
             print(f"{check.status:>4}  {check.name}: {check.message}", file=sys.stderr)
         return _fail(f"{directory}: does not verify; not writing it to a card")
     try:
-        flavour = flash(directory, args.boot, wheelhouse=args.wheelhouse, flavour=args.flavour)
+        with _CopyProgress() as progress:
+            flavour = flash(
+                directory,
+                args.boot,
+                wheelhouse=args.wheelhouse,
+                flavour=args.flavour,
+                arch=args.arch,
+                allow_uninstallable=args.allow_uninstallable,
+                say=lambda message: print(message, file=sys.stderr),
+                progress=progress,
+            )
     except FleetError as exc:
         return _fail(str(exc))
     print(f"{args.boot}: gateway {args.gateway} written ({flavour} first boot)")
-    if not args.wheelhouse:
-        print("note: no --wheelhouse given; the card installs only if wardgate is already on it")
+    print(f"{args.boot}: all files synced to the card: safe to eject")
+    return 0
+
+
+class _CopyProgress:
+    """Progress of the wheels' copy (~80 MB onto a slow card): a bar on a terminal, a line per
+    10 % otherwise (logs, tests)."""
+
+    def __enter__(self) -> _CopyProgress:
+        self._bar = None
+        self._step = -1
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self._bar is None:
+                from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+                self._bar = Progress(
+                    *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()
+                )
+                self._bar.start()
+                self._task = self._bar.add_task("copying wheels", total=total)
+            self._bar.update(self._task, completed=done)
+            return
+        step = done * 10 // max(total, 1)
+        if step != self._step:
+            self._step = step
+            print(
+                f"copying wheels: {done / 1e6:.1f} of {total / 1e6:.1f} MB ({step * 10} %)",
+                file=sys.stderr,
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    from provisioning import wheelhouse as wh
+
+    tgt = wh.target(args.os_name, args.arch)
+    out = args.out or Path("wheels") / tgt.name
+    pip_args = [a for url in args.extra_index_url for a in ("--extra-index-url", url)]
+    if args.index_url:
+        pip_args += ["--index-url", args.index_url]
+    try:
+        built = wh.build(
+            tgt,
+            out,
+            source=args.source,
+            wardgate_wheel=args.wardgate_wheel,
+            constraints=args.constraints,
+            pip_args=pip_args,
+        )
+    except wh.WheelhouseError as exc:
+        return _fail(str(exc))
+    print(f"{out}: {built.wheels} wheels, {built.bytes / 1e6:.1f} MB, complete for {tgt.describe}")
+    print(f"  flash with: wardgate provision flash FLEET ID --boot MOUNT --wheelhouse {out}")
     return 0
 
 

@@ -13,7 +13,9 @@ if [ -n "$WARDGATE_WLAN_COUNTRY" ] && [ -x /usr/lib/raspberrypi-sys-mods/imager_
     /usr/lib/raspberrypi-sys-mods/imager_custom set_wlan_country "$WARDGATE_WLAN_COUNTRY"
 fi
 
-# Static addresses: custom.toml knows only DHCP, so NetworkManager gets a keyfile.
+# Static addresses: custom.toml knows only DHCP, so NetworkManager gets a keyfile. A card used
+# before keeps no keyfile of the previous gateway (a wrong static address).
+rm -f /etc/NetworkManager/system-connections/wardgate-*.nmconnection
 if compgen -G "$PAYLOAD/network/*.nmconnection" > /dev/null; then
     install -d -m 0700 /etc/NetworkManager/system-connections
     for connection in "$PAYLOAD"/network/*.nmconnection; do
