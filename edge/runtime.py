@@ -661,12 +661,29 @@ class Gateway:
         """What the retained `state` carries besides online/time/gateway (docs/topics.md)."""
         from edge import __version__
 
-        return {
+        out = {
             "version": __version__,
             "site_type": self.config.gateway.site_type,
             "site": self.config.site.birth(),
             "labels": self.source_labels(),
         }
+        install = self.install_result()
+        if install is not None:
+            out["install"] = install
+        return out
+
+    def install_result(self) -> dict[str, Any] | None:
+        """What the first-boot installer wrote next to the config (`installed.json`: date,
+        version, result), so that the fleet sees each gateway's install without SSH."""
+        if self.config_path is None:
+            return None
+        try:
+            doc = json.loads((Path(self.config_path).parent / "installed.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        return {k: str(doc[k])[:64] for k in ("installed_at", "version", "result") if k in doc}
 
     def source_labels(self) -> dict[str, str]:
         """Event source -> human label, from every plugin section (cameras, serial lines),

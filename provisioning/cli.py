@@ -388,6 +388,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             online = state.get("online")
             r["online"] = {True: "yes", False: "no"}.get(online, "")
             r["state_at"] = state.get("state_at", "")
+            install = state.get("install") if isinstance(state.get("install"), dict) else {}
+            r["install"] = (
+                f"{install.get('result', '?')} {str(install.get('installed_at', ''))[:16]} "
+                f"v{install.get('version', '?')}"
+                if install
+                else ""
+            )
     # An expired CRL (or none while gateways are enrolled) locks every gateway out: exit 1.
     locked_out = crl["state"] == "expired" or (
         crl["state"] == "missing" and any(r["status"] == "enrolled" for r in rows)
@@ -464,7 +471,7 @@ def _print_status(rows: list[dict[str, str]]) -> None:
     table = Table(title=f"{enrolled} enrolled, {len(rows) - enrolled} revoked")
     columns = ["id", "district", "ward", "site_type", "status", "cert_expires", "bundle"]
     live = bool(rows) and "online" in rows[0]
-    for column in columns + (["online", "state_at"] if live else []):
+    for column in columns + (["online", "state_at", "install"] if live else []):
         table.add_column(column)
     for r in rows:
         style = "red" if r["status"] == "revoked" or r["bundle"] == "MISSING" else None
@@ -474,7 +481,8 @@ def _print_status(rows: list[dict[str, str]]) -> None:
         cells = [r["id"], r["district"], r["ward"], r["site_type"], status,
                  r["cert_expires"][:10], r["bundle"]]  # fmt: skip
         if live:
-            cells += [r["online"] or "?", r["state_at"].replace("T", " ")[:16]]
+            cells += [r["online"] or "?", r["state_at"].replace("T", " ")[:16],
+                      r.get("install") or "-"]  # fmt: skip
         table.add_row(*cells, style=style)
     Console(width=120 if not sys.stdout.isatty() else None).print(table)
     if missing:

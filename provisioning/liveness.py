@@ -85,6 +85,7 @@ def retained_states(
                     ),
                     "district": parts["district"],
                     "ward": parts["ward"],
+                    "install": doc.get("install") if isinstance(doc, dict) else None,
                 }
             elif kind == "disconnect":
                 raise LivenessError(f"{endpoint.where}: disconnected while reading states")

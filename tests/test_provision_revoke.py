@@ -353,7 +353,9 @@ def test_status_reads_online_from_the_brokers_retained_state(fleet, tmp_path, ca
         for gateway, topic, online in (("gw-a", "wg/v1/d01/w1/gw-a/state", True),
                                        ("gw-c", "wg/v1/d02/w1/gw-c/state", False)):  # fmt: skip
             peer = connect(peers, fleet, broker.cert_port, gateway=gateway)
-            body = {"online": online, "time_ms": 1_780_000_000_000, "gateway": gateway}
+            body = {"online": online, "time_ms": 1_780_000_000_000, "gateway": gateway,
+                    "install": {"installed_at": "2026-05-28T20:00:00+00:00", "version": "0.1.0",
+                                "result": "ok"}}  # fmt: skip
             info = peer.client.publish(topic, json.dumps(body), qos=1, retain=True)
             info.wait_for_publish(5)
         argv = ["--broker", "127.0.0.1", "--broker-port", str(broker.password_port),
@@ -367,8 +369,12 @@ def test_status_reads_online_from_the_brokers_retained_state(fleet, tmp_path, ca
             "gw-b": ("", ""),  # never connected: no retained state
             "gw-c": ("no", "2026-05-28T20:26:40+00:00"),
         }
+        installs = {r["id"]: r["install"] for r in doc["gateways"]}
+        assert installs == {"gw-a": "ok 2026-05-28T20:00 v0.1.0", "gw-b": "",
+                            "gw-c": "ok 2026-05-28T20:00 v0.1.0"}  # fmt: skip
         assert wardgate(["provision", "status", str(fleet.root), *argv]) == 0
-        assert "online" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "online" in out and "install" in out
         bad = tmp_path / "bad.pw"
         bad.write_text("wrong\n")
         argv[-1] = str(bad)

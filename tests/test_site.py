@@ -386,12 +386,16 @@ def test_real_gateway_birth_carries_site_and_labels_and_a_reload_republishes(bro
         'label = "street north"\n'
     )
     path = write_config(tmp_path, gateway_config_text(broker, tmp_path, extra=extra))
+    # what install.sh writes next to the config once the first-boot install succeeded
+    installed = {"installed_at": "2026-11-30T03:00:00+00:00", "version": "0.1.0", "result": "ok"}
+    (path.parent / "installed.json").write_text(json.dumps(installed))
     gw = GatewayProcess(path).start()
     watcher = Watcher(broker, topic="wg/v1/d01/w01/+/state", client_id="site-watcher")
     try:
         watcher.wait_for(lambda: watcher.on("/state"), what="the gateway's birth")
         birth = json.loads(watcher.on("/state")[-1].payload.decode("utf-8"))
         assert birth["online"] is True and birth["site_type"] == "fire_point"
+        assert birth["install"] == installed  # the fleet sees each gateway's install
         assert birth["site"]["name"] == "Fire point 12, Hauptstraße school"
         assert (birth["site"]["latitude"], birth["site"]["longitude"]) == (52.52, 13.405)
         assert birth["site"]["access"] == "Key box left of the main gate.\nCode from the caretaker."

@@ -87,13 +87,20 @@ ln -sf "$WARDGATE_VENV/bin/wardgate" /usr/local/bin/wardgate
 "$WARDGATE_VENV/bin/wardgate" check-config "$WARDGATE_CONF_DIR/config.toml" \
     || fail "config check failed (see above)"
 
-# 6. The service.
+# 6. The install's result, for the gateway's retained `state` (`provision status` shows it).
+version="$("$WARDGATE_VENV/bin/wardgate" --version 2>/dev/null | awk '{print $2}')"
+printf '{"installed_at": "%s", "version": "%s", "result": "ok"}\n' "$(date -Is)" "$version" \
+    > "$WARDGATE_CONF_DIR/installed.json"
+chown "$SERVICE_USER:$SERVICE_USER" "$WARDGATE_CONF_DIR/installed.json"
+chmod 0640 "$WARDGATE_CONF_DIR/installed.json"
+
+# 7. The service.
 install -m 0644 "$PAYLOAD/wardgate.service" /etc/systemd/system/wardgate.service
 systemctl daemon-reload
 systemctl enable wardgate.service
 systemctl start --no-block wardgate.service || true
 
-# 7. Remove the secrets from the boot partition.
+# 8. Remove the secrets from the boot partition.
 rm -rf "$SRC" "$PAYLOAD/network"
 rm -f "$PAYLOAD/INSTALL-FAILED.txt"
 date -Is > "$PAYLOAD/INSTALLED"
