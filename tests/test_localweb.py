@@ -183,6 +183,14 @@ labels = {{ "n07/smoke" = "hall, ground floor" }}
                 node.set_smoke("smoke", 7.5)
                 expect(smoke).to_have_text("7.5 %", timeout=10_000)
                 page.screenshot(path=str(shots / "sensors.png"), full_page=True)
+                # the sounder test and the alarm reset reach the node itself
+                edges = len(node.edges)
+                page.click("text=Sounder test / silence")
+                expect(page.locator("#result")).to_contain_text("sensor_silence", timeout=5000)
+                node.wait_edge("silence", timeout=10, after=edges)
+                page.click("text=Reset latched alarms")
+                expect(page.locator("#result")).to_contain_text("sensor_reset", timeout=5000)
+                node.wait_edge("reset", timeout=10, after=edges)
                 # one button: committed, sent, acknowledged by the central receiver
                 page.goto(url + "/alarm")
                 t0 = time.monotonic()
