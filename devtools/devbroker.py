@@ -23,9 +23,21 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passw
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: every socket stays bound until all are chosen (two calls of a
+    one-port helper can get the same port back, and a broker then cannot open its second
+    listener: seen once in a full run)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -65,8 +77,9 @@ class MosquittoBroker:
     ) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port() if plain_listener else None
-        self.tls_port = free_port() if tls else None
+        plain_port, tls_port = free_ports(2)
+        self.port = plain_port if plain_listener else None
+        self.tls_port = tls_port if tls else None
         self.host = "127.0.0.1"
         self.conf_path = self.dir / "mosquitto.conf"
         self.log_path = self.dir / "mosquitto.log"
@@ -179,7 +192,7 @@ def start_local_broker(fleet: FleetDir, workdir: Path) -> MosquittoBroker:
     `cert_port` and `password_port` on the returned broker; `stop()` it when done."""
     from provisioning.broker import render_mosquitto_conf
 
-    cert_port, password_port = free_port(), free_port()
+    cert_port, password_port = free_ports(2)
     conf = render_mosquitto_conf(
         fleet.settings(),
         files_dir=str(fleet.broker_dir),
