@@ -152,6 +152,10 @@ def gateway_config(
         }
     if node_port is not None:
         data["serial"] = demo_serial_section(node_port)
+    if "localweb" in data:  # the technician's page, as enrolled: on loopback, on a free port
+        from devtools.devbroker import free_port
+
+        data["localweb"].update(bind="127.0.0.1", port=free_port())
     return config_mod.from_dict(data, bundle_config)
 
 
@@ -328,6 +332,12 @@ def run_demo(
     if node is not None:
         parts.append(f"MicroPython sensor node 1 on {node.port}")
     say(f"gateway {DEMO_GATEWAY} starting: {', '.join(parts) or 'no camera, no sensor node'}")
+    if cfg.localweb.enabled:
+        password = (fleet.technicians_dir / f"{DEMO_GATEWAY}.password").read_text().strip()
+        say(
+            f"technician's page on the gateway: http://127.0.0.1:{cfg.localweb.port}/  "
+            f"(password: {password}; docs/localweb.md)"
+        )
     runner.start()
     deadline = time.monotonic() + duration if duration else None
     script = _DemoScript(view, gateway, node)

@@ -512,7 +512,7 @@ class Enroller:
         if pw_path.exists() and hash_path.exists():
             return hash_path.read_text().strip()
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        password = new_password()
+        password = technician_password()
         write_file(pw_path, password + "\n", 0o600)
         write_file(hash_path, page_hash(password) + "\n", 0o600)
         return hash_path.read_text().strip()
@@ -861,3 +861,15 @@ def crl_status(fleet: FleetDir, warn_days: float | None = None) -> dict[str, Any
     else:
         out.update(state="ok", message=f"nextUpdate {when} (in {left:.0f} days), #{number}")
     return out
+
+
+#: letters and digits a technician reads off a sheet and types on a phone without mistaking one
+#: for another (no 0/O, 1/l/I)
+_TECH_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def technician_password() -> str:
+    """Four groups of four (about 79 bits): typed at the post, so readable, and long enough."""
+    import secrets
+
+    return "-".join("".join(secrets.choice(_TECH_ALPHABET) for _ in range(4)) for _ in range(4))

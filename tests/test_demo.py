@@ -5,6 +5,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -29,9 +30,12 @@ def test_demo_shows_provisioned_gateway_camera_node_alarm_and_central_acks(tmp_p
         text=True,
         cwd=tmp_path,  # the demo must not depend on the working directory
     )
-    lines, login_page = [], ""
+    lines, login_page, technician_page = [], "", ""
     for line in proc.stdout:
         lines.append(line)
+        page = re.search(r"technician's page on the gateway: (http://127\.0\.0\.1:\d+/) ", line)
+        if page and not technician_page:  # the gateway's own page, as enrollment turned it on
+            technician_page = _get(page.group(1) + "login")
         found = re.search(
             r"console: (http://127\.0\.0\.1:\d+/) +\(user: dispatcher, password: ", line
         )
@@ -43,6 +47,7 @@ def test_demo_shows_provisioned_gateway_camera_node_alarm_and_central_acks(tmp_p
     out = "".join(lines)
     assert "enrolling demo-gw-01 with the provisioning tool" in out
     assert 'name="password"' in login_page, out[-3000:]
+    assert 'name="password"' in technician_page, out[-3000:]
     # heartbeat, camera person events with snapshots, the operator's command and its reply
     for needle in ("  tele  ", "evt/person", "snap/lobby", "cmd/res", '"ok": true'):
         assert needle in out, (needle, out[-3000:])
@@ -54,6 +59,19 @@ def test_demo_shows_provisioned_gateway_camera_node_alarm_and_central_acks(tmp_p
     # one clean connection all along (concurrent socket writers once broke the TLS stream)
     assert "disconnected from broker" not in stderr, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def _get(url: str, timeout: float = 15) -> str:
+    """The page once it answers (the gateway starts it a moment after the demo names it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 REPO = Path(__file__).resolve().parent.parent
