@@ -20,8 +20,9 @@ from tests.harness import GatewayProcess, Watcher, gateway_config_text, write_co
 from tests.test_localweb import PASSWORD, SHOTS_ENV, free_port, localweb_section
 from tests.vision_context import DATA
 
-#: seconds of CPU measured with the preview open, and again closed
-MEASURE_S = 6.0
+#: the preview's rate (and the gateway's CPU, printed) over this long; WARDGATE_MEASURE=1 for the
+#: numbers in docs/localweb.md (6 s each), else a 2 s check of the rate cap keeps the suite short
+MEASURE_S = 6.0 if os.environ.get("WARDGATE_MEASURE") else 2.0
 
 
 def login(page, url: str, gw: GatewayProcess) -> None:
