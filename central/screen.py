@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from central.store import Store
+from central.store import Store, label_of
 from protocol.events import now_ms
 
 
@@ -34,7 +34,7 @@ def render(store: Store, title: str = "wardgate alarms") -> Any:
     gateways = {g["site"]: g for g in store.gateways()}
     for inc in store.queue(now):
         g = gateways.get(inc["site"], {})
-        label = (g.get("labels") or {}).get(inc["source"])
+        label = label_of(g.get("labels"), inc["source"])
         where = g.get("name") or inc["site"]
         if g.get("address"):
             where += f", {g['address']}"

@@ -79,6 +79,18 @@ def is_test(event: Event) -> bool:
     return event.data.get("cause") == "test" or event.data.get("test") is True
 
 
+def label_of(labels: dict[str, str] | None, source: str) -> str | None:
+    """A source's human label from the gateway's birth: the source's own, else its node's or
+    detector's ("n07/heat" -> "kitchen node (heat)"), else None."""
+    labels = labels or {}
+    if source in labels:
+        return labels[source]
+    head, _, rest = source.partition("/")
+    if rest and head in labels:
+        return f"{labels[head]} ({rest})"
+    return None
+
+
 # --- schema --------------------------------------------------------------------------------
 # {pk} is an auto-increment integer primary key, {blob} a binary column.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (

@@ -47,7 +47,7 @@ from central import accounts
 from central.console.settings import ConsoleSettings
 from central.console.sound import tones
 from central.live import LiveState
-from central.store import OUTCOMES, ROLES, Conflict, Store, StoreError
+from central.store import OUTCOMES, ROLES, Conflict, Store, StoreError, label_of
 
 HERE = Path(__file__).resolve().parent
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}  # viewer < dispatcher < supervisor
@@ -221,18 +221,6 @@ def queue_item(
         "gateway": gateway,
         "gateway_silent": bool(gw.get("silent")) or gw.get("online") is False,
     }
-
-
-def label_of(labels: dict[str, str] | None, source: str) -> str | None:
-    """A source's human label from the gateway's birth: the source's own, else its node's or
-    detector's ("n07/heat" -> "kitchen node (heat)"), else None."""
-    labels = labels or {}
-    if source in labels:
-        return labels[source]
-    head, _, rest = source.partition("/")
-    if rest and head in labels:
-        return f"{labels[head]} ({rest})"
-    return None
 
 
 def _local(ms: int | None, fmt: str) -> str:
